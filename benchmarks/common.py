@@ -1,0 +1,125 @@
+"""Helpers shared by the benchmark scripts: flags, environment info, tables and JSON reports.
+
+jax is imported lazily here so that a script can still set ``XLA_FLAGS`` (read when the first
+backend is created) after importing this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from typing import Any
+
+BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCHMARKS_DIR)
+_VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--full``, ``--out`` and ``--xla-flags``, which every benchmark understands."""
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="full-size workload (meant for a GPU); default: CPU size",
+    )
+    parser.add_argument(
+        "--out", default=None, help="JSON report path (default: benchmarks/out/<benchmark>.json)"
+    )
+    parser.add_argument(
+        "--xla-flags",
+        default="",
+        help="extra XLA flags appended to $XLA_FLAGS, e.g. '--xla_cpu_use_onednn=true'",
+    )
+
+
+def apply_xla_flags(flags: str) -> str:
+    """Appends ``flags`` to ``$XLA_FLAGS`` after checking XLA accepts them; returns the result.
+
+    Must run before the first jax backend is created (XLA reads the variable then). XLA aborts the
+    whole process on an unknown flag, so the flags are first tried in a throwaway subprocess to turn
+    that into a one-line ``ValueError``.
+    """
+    combined = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flags.strip()]))
+    if not flags.strip():
+        return combined
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.devices()"],
+        env={**os.environ, "XLA_FLAGS": combined},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        reason = next(
+            (line for line in probe.stderr.splitlines() if "flag" in line.lower()),
+            f"exit status {probe.returncode}",
+        )
+        raise ValueError(f"XLA rejected --xla-flags {flags!r}: {reason.strip()}")
+    os.environ["XLA_FLAGS"] = combined
+    return combined
+
+
+def environment_info() -> dict[str, Any]:
+    """Date, host, package versions and the jax devices: recorded in every JSON report."""
+    import jax
+
+    devices = jax.devices()
+    versions = {}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "host_cpu_count": os.cpu_count(),
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "versions": versions,
+    }
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table of ``rows`` (dicts) restricted to ``columns``; floats get 4 significant
+    digits. Hand-written because a dozen lines beat adding ``tabulate`` as a dependency."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return "" if value is None else str(value)
+
+    body = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in body
+    ]
+    return "\n".join(lines)
+
+
+def write_report(name: str, payload: Mapping[str, Any], out: str | None = None) -> str:
+    """Writes ``payload`` plus ``benchmark`` and ``environment`` keys as JSON; returns the path.
+
+    ``out`` defaults to ``benchmarks/out/<name>.json``.
+    """
+    path = out or os.path.join(BENCHMARKS_DIR, "out", f"{name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    report = {"benchmark": name, "environment": environment_info(), **payload}
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    return path

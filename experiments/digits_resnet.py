@@ -1,0 +1,102 @@
+"""Default experiment: a CIFAR-style ResNet on scikit-learn's bundled 8x8 handwritten digits.
+
+1,797 real images, 10 classes, no download; stratified 70/15/15 split. Reaches >= 98% test accuracy
+in about a minute on 2 CPU cores.
+
+    jaxdl train --config experiments/digits_resnet.py --workdir runs/digits
+    jaxdl train --config experiments/digits_resnet.py:depth=32 --workdir runs/d32 \
+        --config.optimizer.learning_rate=0.05
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from jaxdl.config import parse_config_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = parse_config_arg(arg, depth=20, epochs=30, batch_size=64)
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "digits"
+    config.data.split_fractions = (0.7, 0.15, 0.15)
+    config.data.split_seed = 0
+    config.data.standardize = True
+    config.data.worker_count = 0
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.crop_padding = 1
+    config.augment.rotation_degrees = 10.0
+    config.augment.flip_left_right = False  # digits are not mirror-symmetric
+    config.augment.noise_stddev = 0.0
+    config.augment.elastic_alpha = 1.0
+    config.augment.elastic_sigma = 2.0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet"
+    config.model.depth = args.depth
+    config.model.stem = "cifar"
+    config.model.width = 16
+    config.model.norm = "batch"
+    config.model.dropout_rate = 0.0
+    config.model.dtype = "float32"  # "bfloat16" for mixed precision (params stay float32)
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = True
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.weight_decay_mode = "coupled"
+    config.optimizer.clip_global_norm = config_dict.placeholder(float)
+    config.optimizer.clip_value = config_dict.placeholder(float)
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = "cosine"
+    config.schedule.warmup_epochs = 2.0
+    config.schedule.min_value = 0.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_epochs = args.epochs
+    config.train.batch_size = args.batch_size  # global batch, split over data-parallel devices
+    config.train.eval_batch_size = 256
+    config.train.label_smoothing = 0.1
+    config.train.microbatches = 1
+
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.monitor = "val_accuracy"
+    config.early_stopping.mode = "max"
+    config.early_stopping.patience = config_dict.placeholder(int)  # None: train all epochs
+    config.early_stopping.min_delta = 0.0
+    config.early_stopping.restore_best = True
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.max_to_keep = 2
+    config.checkpoint.async_save = True
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.strategy = "dp"  # dp | fsdp | tp | dp_tp | fsdp_tp | custom
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.sequence = 1
+    config.mesh.tensor = 1
+
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.enabled = "auto"
+    config.distributed.coordinator_address = config_dict.placeholder(str)
+    config.distributed.num_processes = 1
+    config.distributed.process_id = 0
+    config.distributed.cpu_collectives = config_dict.placeholder(str)
+
+    config.logging = ml_collections.ConfigDict()
+    config.logging.every_steps = 10
+    config.logging.tensorboard = True
+    config.logging.wandb = ml_collections.ConfigDict()
+    config.logging.wandb.mode = "disabled"  # online | offline | disabled
+    config.logging.wandb.project = "jaxdl"
+    config.logging.wandb.entity = config_dict.placeholder(str)
+    config.logging.wandb.name = config_dict.placeholder(str)
+    config.logging.wandb.run_id = config_dict.placeholder(str)
+    return config

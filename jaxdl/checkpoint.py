@@ -1,0 +1,103 @@
+"""Orbax checkpointing: async, multi-host, keep-N latest plus the best by a metric, resumable.
+
+Two ``CheckpointManager``s share a workdir: ``checkpoints/`` keeps the N latest (for resuming) and
+``best/`` keeps the single best by the monitored metric (for evaluation and early stopping's
+"restore best"). Keeping them apart means the latest checkpoint is never deleted for being worse.
+Each latest checkpoint holds the train state, the grain iterator's position (one file per process,
+via grain's Orbax handler) and a small JSON of loop state (epoch, early-stopping counters).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def _manager(directory: str, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+    )
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+class Checkpointer:
+    """Saves and restores train state, data-iterator position and loop state under ``workdir``."""
+
+    def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
+        self.latest = _manager(os.path.join(workdir, "checkpoints"), max_to_keep, async_save)
+        self.best = _manager(os.path.join(workdir, "best"), 1, async_save)
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_iterator: Any | None = None,
+        loop_state: dict | None = None,
+        is_best: bool = False,
+    ) -> None:
+        """Starts an (async) save of the latest checkpoint and, if ``is_best``, of the best one."""
+        items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state or {})}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.latest.save(step, args=ocp.args.Composite(**items), force=True)
+        if is_best:
+            best_items = {
+                "state": ocp.args.StandardSave(state),
+                "loop": ocp.args.JsonSave(loop_state or {}),
+            }
+            self.best.save(step, args=ocp.args.Composite(**best_items), force=True)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.best.latest_step()
+
+    def restore_latest(
+        self, abstract_state: Any, data_iterator: Any | None = None
+    ) -> tuple[Any, dict]:
+        """Restores the newest checkpoint onto ``abstract_state``'s shardings (any mesh) and, if
+        given, rewinds ``data_iterator`` in place. Returns ``(state, loop_state)``."""
+        return self._restore(self.latest, self.latest.latest_step(), abstract_state, data_iterator)
+
+    def restore_best(self, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores the best checkpoint; returns ``(state, loop_state)``."""
+        step = self.best.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no best checkpoint in {self.best.directory}")
+        return self._restore(self.best, step, abstract_state, None)
+
+    @staticmethod
+    def _restore(manager, step, abstract_state, data_iterator):
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+        items = {
+            "state": ocp.args.StandardRestore(abstract_state),
+            "loop": ocp.args.JsonRestore(),
+        }
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], dict(restored["loop"] or {})
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are durable (call before exiting or evaluating)."""
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        self.best.close()
+
+
+def abstract_like(state: Any) -> Any:
+    """ShapeDtypeStructs (with the live arrays' shardings) to restore a checkpoint into."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )

@@ -1,0 +1,19 @@
+"""Reusable Flax Linen building blocks whose parameters carry logical axis names."""
+
+from jaxdl.layers.conv import CONV_BIAS_AXES, CONV_KERNEL_AXES, Conv, he_normal_fan_out
+from jaxdl.layers.dense import Dense
+from jaxdl.layers.normalization import NORM_KINDS, GroupNorm, Identity, make_norm
+from jaxdl.layers.validation import check_image_batch
+
+__all__ = [
+    "CONV_BIAS_AXES",
+    "CONV_KERNEL_AXES",
+    "NORM_KINDS",
+    "Conv",
+    "Dense",
+    "GroupNorm",
+    "Identity",
+    "check_image_batch",
+    "he_normal_fan_out",
+    "make_norm",
+]

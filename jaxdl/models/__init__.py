@@ -1,0 +1,16 @@
+"""Image model families, registered by name (see ``get_model``/``available_models``)."""
+
+from jaxdl.models.cnn import VGG, LeNet5
+from jaxdl.models.registry import available_models, get_model, register_model
+from jaxdl.models.resnet import BasicBlock, Bottleneck, ResNet
+
+__all__ = [
+    "VGG",
+    "BasicBlock",
+    "Bottleneck",
+    "LeNet5",
+    "ResNet",
+    "available_models",
+    "get_model",
+    "register_model",
+]

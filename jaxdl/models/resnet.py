@@ -1,0 +1,221 @@
+"""ResNet v1.5 for ImageNet (18/34/50/101/152) and CIFAR (6n+2: 20/32/56/110...) layouts."""
+
+import functools
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdl.layers import Conv, Dense, check_image_batch, he_normal_fan_out, make_norm
+from jaxdl.models.registry import register_model
+
+FEATURE_MAP_AXES = ("batch", "height", "width", "channels")
+
+IMAGENET_STAGE_SIZES: dict[int, tuple[int, ...]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+STEMS = ("auto", "imagenet", "cifar")
+
+
+def _conv(features: int, kernel: int, strides: int, dtype: Any, param_dtype: Any, name: str):
+    """Bias-free conv with torch-style symmetric padding (k // 2), as torchvision's ResNet.
+
+    Explicit padding (not 'SAME') keeps strided convs aligned with torchvision weights.
+    """
+    pad = kernel // 2
+    return Conv(
+        features,
+        kernel_size=(kernel, kernel),
+        strides=strides,
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=he_normal_fan_out,
+        name=name,
+    )
+
+
+class _ResidualBlock(nn.Module):
+    """Residual block body shared by ``BasicBlock`` and ``Bottleneck``.
+
+    Subclasses define ``expansion`` and ``branch_convs`` (kernel, stride) per branch conv.
+    Every conv except the last is followed by norm + relu; the last by norm only, whose scale
+    starts at zero with ``zero_init_residual`` so the block starts as ``relu(shortcut(x))``.
+    A 1x1 conv + norm projection replaces the identity shortcut when the shape changes.
+    """
+
+    features: int
+    strides: int = 1
+    norm: str = "batch"
+    zero_init_residual: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    expansion: ClassVar[int] = 1
+
+    def branch_convs(self) -> list[tuple[int, int]]:
+        """(kernel size, stride) of each conv on the residual branch."""
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """[batch, H, W, C] -> [batch, H / strides, W / strides, features * expansion]."""
+        out_features = self.features * self.expansion
+        norm = functools.partial(
+            make_norm,
+            self.norm,
+            axis_name="conv_out",
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        convs = self.branch_convs()
+        y = x
+        for i, (kernel, strides) in enumerate(convs, start=1):
+            is_last = i == len(convs)
+            features = out_features if is_last else self.features
+            y = _conv(features, kernel, strides, self.dtype, self.param_dtype, f"conv{i}")(y)
+            zero_scale = is_last and self.zero_init_residual
+            scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+            y = norm(scale_init=scale_init, name=f"norm{i}")(y)
+            if not is_last:
+                y = nn.relu(y)
+
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != out_features:
+            shortcut = _conv(
+                out_features, 1, self.strides, self.dtype, self.param_dtype, "proj_conv"
+            )(x)
+            shortcut = norm(name="proj_norm")(shortcut)
+        return nn.with_logical_constraint(nn.relu(y + shortcut), FEATURE_MAP_AXES)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs (the first strided) plus shortcut; output channels = ``features``."""
+
+    expansion: ClassVar[int] = 1
+
+    def branch_convs(self) -> list[tuple[int, int]]:
+        """3x3/strides then 3x3/1."""
+        return [(3, self.strides), (3, 1)]
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 reduce -> 3x3 strided (v1.5) -> 1x1 expand, plus shortcut; out = 4 * ``features``."""
+
+    expansion: ClassVar[int] = 4
+
+    def branch_convs(self) -> list[tuple[int, int]]:
+        """1x1/1, 3x3/strides, 1x1/1."""
+        return [(1, 1), (3, self.strides), (1, 1)]
+
+
+@register_model("resnet")
+class ResNet(nn.Module):
+    """ResNet classifier: [batch, H, W, C] float images -> float32 logits [batch, num_classes].
+
+    Layout by ``depth``: 18/34/50/101/152 use the ImageNet layout (BasicBlock for 18/34,
+    Bottleneck for 50+, four stages, widths ``width * 2**i``, default width 64); any other
+    6n+2 depth (20, 32, 56, 110, ...) uses the CIFAR layout (three stages of n BasicBlocks,
+    default width 16). ImageNet depths take precedence (50 and 152 are also 6n+2).
+
+    ``stem``: 'imagenet' = 7x7/2 conv + 3x3/2 max-pool, 'cifar' = one 3x3/1 conv,
+    'auto' = the layout's own stem. ``zero_init_residual`` zero-initialises the last norm
+    scale of every residual branch (a no-op with ``norm='none'``). ``dtype`` is the compute
+    dtype (e.g. bf16); parameters use ``param_dtype``; logits are always float32.
+    """
+
+    depth: int
+    num_classes: int
+    stem: str = "auto"
+    width: int | None = None
+    norm: str = "batch"
+    dropout_rate: float = 0.0
+    zero_init_residual: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        """Validate hyper-parameters at construction so bad configs fail early."""
+        _layout(self.depth)
+        if self.stem not in STEMS:
+            raise ValueError(f"ResNet stem must be one of {STEMS}, got {self.stem!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"ResNet num_classes must be >= 1, got {self.num_classes}")
+        if self.width is not None and self.width < 1:
+            raise ValueError(f"ResNet width must be >= 1, got {self.width}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"ResNet dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Classify ``x`` [batch, H, W, C]; returns float32 logits [batch, num_classes]."""
+        check_image_batch(x, "ResNet")
+        layout, block_cls, stage_sizes = _layout(self.depth)
+        width = self.width or (64 if layout == "imagenet" else 16)
+        stem = layout if self.stem == "auto" else self.stem
+
+        x = x.astype(self.dtype)
+        if stem == "imagenet":
+            x = _conv(width, 7, 2, self.dtype, self.param_dtype, "stem_conv")(x)
+        else:
+            x = _conv(width, 3, 1, self.dtype, self.param_dtype, "stem_conv")(x)
+        x = make_norm(
+            self.norm,
+            axis_name="conv_out",
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="stem_norm",
+        )(x)
+        x = nn.relu(x)
+        if stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = nn.with_logical_constraint(x, FEATURE_MAP_AXES)
+
+        for stage, num_blocks in enumerate(stage_sizes):
+            for index in range(num_blocks):
+                x = block_cls(
+                    features=width * 2**stage,
+                    strides=2 if stage > 0 and index == 0 else 1,
+                    norm=self.norm,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    name=f"stage{stage + 1}_block{index + 1}",
+                )(x, train=train)
+
+        x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        logits = Dense(
+            self.num_classes,
+            kernel_axes=("embed", "classes"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head",
+        )(x)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "classes"))
+
+
+def _layout(depth: int) -> tuple[str, type[BasicBlock] | type[Bottleneck], tuple[int, ...]]:
+    """(layout name, block class, blocks per stage) for a ResNet ``depth``."""
+    if depth in IMAGENET_STAGE_SIZES:
+        block = BasicBlock if depth < 50 else Bottleneck
+        return "imagenet", block, IMAGENET_STAGE_SIZES[depth]
+    if depth >= 8 and (depth - 2) % 6 == 0:
+        return "cifar", BasicBlock, ((depth - 2) // 6,) * 3
+    raise ValueError(
+        f"Unsupported ResNet depth {depth}: use one of {sorted(IMAGENET_STAGE_SIZES)} "
+        "or 6n+2 (e.g. 20, 32, 56, 110)"
+    )
+
+
+for _alias_depth in (18, 34, 50, 101, 152, 20, 32, 56):
+    register_model(f"resnet{_alias_depth}")(functools.partial(ResNet, depth=_alias_depth))

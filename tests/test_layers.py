@@ -1,0 +1,169 @@
+"""Tests for jaxdl.layers: logical axis names, flat param trees, norm behaviour, bad input."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdl.layers import (
+    CONV_KERNEL_AXES,
+    NORM_KINDS,
+    Conv,
+    Dense,
+    Identity,
+    check_image_batch,
+    make_norm,
+)
+from jaxdl.layers.normalization import largest_divisor_at_most
+
+# 'rbg' keys compile far faster than the default threefry on CPU, keeping tests quick.
+KEY = jax.random.key(0, impl="rbg")
+
+
+def _names(tree) -> dict[str, tuple[str, ...]]:
+    """Map 'path/to/param' -> logical names for every boxed leaf."""
+    leaves = jax.tree_util.tree_leaves_with_path(
+        tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
+    return {
+        "/".join(k.key for k in path): leaf.names
+        for path, leaf in leaves
+        if isinstance(leaf, nn.LogicallyPartitioned)
+    }
+
+
+def test_conv_standalone_init_apply_names_params_without_extra_nesting():
+    conv = Conv(features=5, kernel_size=3)
+    x = jax.random.normal(KEY, (2, 6, 6, 3))
+    variables = conv.init(KEY, x)
+    assert _names(variables["params"]) == {"kernel": CONV_KERNEL_AXES, "bias": ("conv_out",)}
+    y = conv.apply(variables, x)
+    assert y.shape == (2, 6, 6, 5)
+    reference = nn.Conv(5, (3, 3)).apply(nn.unbox(variables), x)
+    np.testing.assert_allclose(y, reference, rtol=1e-6)
+
+
+def test_conv_strides_and_dtypes_are_forwarded():
+    conv = Conv(features=4, strides=2, use_bias=False, dtype=jnp.bfloat16)
+    x = jnp.ones((1, 8, 8, 2))
+    variables = conv.init(KEY, x)
+    assert set(variables["params"]) == {"kernel"}
+    assert variables["params"]["kernel"].value.dtype == jnp.float32
+    y = conv.apply(variables, x)
+    assert y.shape == (1, 4, 4, 4)
+    assert y.dtype == jnp.bfloat16
+
+
+def test_conv_rejects_non_2d_kernel_and_non_image_input():
+    with pytest.raises(ValueError, match="2-D kernels"):
+        Conv(features=2, kernel_size=(3, 3, 3)).init(KEY, jnp.ones((1, 4, 4, 1)))
+    with pytest.raises(ValueError, match=r"\[batch, H, W, C\]"):
+        Conv(features=2).init(KEY, jnp.ones((4, 4, 1)))
+
+
+def test_dense_names_kernel_and_bias_from_kernel_axes():
+    dense = Dense(features=7, kernel_axes=("embed", "mlp"))
+    x = jnp.ones((3, 4))
+    variables = dense.init(KEY, x)
+    assert _names(variables["params"]) == {"kernel": ("embed", "mlp"), "bias": ("mlp",)}
+    assert dense.apply(variables, x).shape == (3, 7)
+    specs = nn.get_partition_spec(variables)["params"]
+    assert specs["kernel"] == jax.sharding.PartitionSpec("embed", "mlp")
+
+
+def test_dense_rejects_wrong_number_of_kernel_axes():
+    with pytest.raises(ValueError, match="kernel_axes"):
+        Dense(features=2, kernel_axes=("embed",)).init(KEY, jnp.ones((1, 3)))
+
+
+@pytest.mark.parametrize("kind", ["batch", "group", "layer"])
+def test_make_norm_names_scale_and_bias_and_normalises(kind):
+    norm = make_norm(kind, axis_name="conv_out", train=True)
+    x = 3.0 + 2.0 * jax.random.normal(KEY, (4, 5, 5, 8))
+    variables = norm.init(KEY, x)
+    assert _names(variables["params"]) == {"scale": ("conv_out",), "bias": ("conv_out",)}
+    y, _ = norm.apply(variables, x, mutable=["batch_stats"])
+    assert abs(float(y.mean())) < 1e-3
+    assert abs(float(y.std()) - 1.0) < 1e-2
+
+
+def test_make_norm_none_is_identity_without_params():
+    norm = make_norm("none", axis_name="embed", train=True)
+    assert isinstance(norm, Identity)
+    x = jnp.arange(6.0).reshape(2, 3)
+    variables = norm.init(KEY, x)
+    assert not variables
+    np.testing.assert_array_equal(norm.apply(variables, x), x)
+
+
+def test_batch_norm_uses_momentum_0_9_and_eval_uses_running_stats():
+    x = 5.0 + jax.random.normal(KEY, (64, 3))
+    train_norm = make_norm("batch", axis_name="embed", train=True)
+    variables = train_norm.init(KEY, x)
+    _, updates = train_norm.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * x.mean(0), rtol=1e-5)
+
+    eval_norm = make_norm("batch", axis_name="embed", train=False)
+    y = eval_norm.apply(variables, x)  # fresh running stats: mean 0, var 1
+    np.testing.assert_allclose(y, x / np.sqrt(1.0 + 1e-5), rtol=1e-5)
+
+
+def test_group_norm_clips_groups_to_divide_channels():
+    assert largest_divisor_at_most(16, 32) == 16
+    assert largest_divisor_at_most(48, 32) == 24
+    assert largest_divisor_at_most(7, 4) == 1
+    norm = make_norm("group", axis_name="conv_out", train=False, num_groups=32)
+    x = jax.random.normal(KEY, (2, 3, 3, 12))  # 32 groups would not divide 12 channels
+    y = norm.apply(norm.init(KEY, x), x)
+    # 12 groups of one channel each: every (sample, channel) slice is standardised.
+    np.testing.assert_allclose(y.mean(axis=(1, 2)), 0.0, atol=1e-5)
+
+
+def test_make_norm_scale_init_and_bf16_compute():
+    norm = make_norm(
+        "layer", axis_name="mlp", train=False, dtype=jnp.bfloat16, scale_init=nn.initializers.zeros
+    )
+    x = jax.random.normal(KEY, (2, 6))
+    variables = norm.init(KEY, x)
+    assert variables["params"]["scale"].value.dtype == jnp.float32
+    y = norm.apply(variables, x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(y, 0.0)
+
+
+def test_make_norm_rejects_unknown_kind():
+    assert "batch" in NORM_KINDS
+    with pytest.raises(ValueError, match="Unknown norm kind 'instance'"):
+        make_norm("instance", axis_name="embed", train=False)
+
+
+def test_layers_compose_inside_a_user_linen_module():
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train: bool):
+            x = Conv(4, name="conv")(x)
+            x = make_norm("batch", axis_name="conv_out", train=train, name="norm")(x)
+            return Dense(3, kernel_axes=("embed", "classes"), name="head")(x.mean((1, 2)))
+
+    x = jnp.ones((2, 4, 4, 1))
+    variables = Tiny().init(KEY, x, train=False)
+    assert set(_names(variables["params"])) == {
+        "conv/kernel",
+        "conv/bias",
+        "norm/scale",
+        "norm/bias",
+        "head/kernel",
+        "head/bias",
+    }
+    logits, updates = Tiny().apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 3)
+    assert "norm" in updates["batch_stats"]
+
+
+def test_check_image_batch_rejects_bad_rank_and_integer_images():
+    check_image_batch(jnp.ones((1, 2, 2, 1)), "M")
+    with pytest.raises(ValueError, match="M expects images"):
+        check_image_batch(jnp.ones((2, 2, 1)), "M")
+    with pytest.raises(TypeError, match="floating-point"):
+        check_image_batch(jnp.ones((1, 2, 2, 1), jnp.int32), "M")
