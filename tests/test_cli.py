@@ -90,11 +90,6 @@ def test_config_file_without_get_config_exits_2_naming_it(tmp_path):
     assert_usage_error(result, "get_config")
 
 
-@pytest.mark.xfail(
-    reason="jaxdl/config.py _parse does not convert a RuntimeError raised by get_config() "
-    "into ConfigError, so the CLI prints a traceback and exits 1",
-    strict=True,
-)
 def test_config_file_raising_exits_2_without_traceback(tmp_path):
     path = tmp_path / "raises.py"
     path.write_text("def get_config(arg=None):\n    raise RuntimeError('boom')\n")

@@ -201,11 +201,6 @@ def test_get_config_raising_value_error_is_a_config_error(tmp_path):
     assert_one_line_config_error(error, "learning rate must be positive")
 
 
-@pytest.mark.xfail(
-    reason="jaxdl/config.py _parse only converts OSError/ValueError/TypeError/AttributeError/"
-    "KeyError; other exceptions from executing the config file escape as-is (CLI traceback)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "body",
     [
@@ -224,12 +219,6 @@ def test_any_exception_from_the_config_file_is_a_config_error(tmp_path, body):
     assert_one_line_config_error(error)
 
 
-@pytest.mark.xfail(
-    reason="ml_collections loads every config file as module 'config_config' via "
-    "SourceFileLoader.load_module, which re-executes into the cached module: a file without "
-    "get_config silently reuses the previously loaded file's get_config",
-    strict=True,
-)
 def test_file_without_get_config_is_an_error_even_after_loading_another(tmp_path):
     load_config(DIGITS)
     path = write_config_file(tmp_path, "no_get_config.py", "LEARNING_RATE = 0.1\n")

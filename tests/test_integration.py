@@ -36,10 +36,11 @@ def trained_workdir(tmp_path_factory):
     result = _jaxdl(
         "train",
         "--config",
-        "experiments/digits_resnet.py:depth=8,epochs=3",
+        "experiments/digits_resnet.py:depth=8,epochs=6",
         "--workdir",
         str(workdir),
         "--config.model.width=8",
+        "--config.schedule.warmup_epochs=0.5",
         "--config.logging.wandb.mode=offline",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -68,7 +69,7 @@ def test_metrics_log_has_train_steps_and_val_epochs(trained_workdir):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
-    assert [r["epoch"] for r in val] == [1, 2, 3]
+    assert [r["epoch"] for r in val] == [1, 2, 3, 4, 5, 6]
     for record in train:
         for key in ("step", "epoch", "loss", "accuracy", "learning_rate", "examples_per_sec"):
             assert key in record, key
@@ -96,10 +97,11 @@ def test_rerun_resumes_instead_of_retraining(trained_workdir):
     result = _jaxdl(
         "train",
         "--config",
-        "experiments/digits_resnet.py:depth=8,epochs=3",
+        "experiments/digits_resnet.py:depth=8,epochs=6",
         "--workdir",
         str(workdir),
         "--config.model.width=8",
+        "--config.schedule.warmup_epochs=0.5",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step" in result.stderr + result.stdout

@@ -163,10 +163,8 @@ class ResNet(nn.Module):
         stem = layout if self.stem == "auto" else self.stem
 
         x = x.astype(self.dtype)
-        if stem == "imagenet":
-            x = _conv(width, 7, 2, self.dtype, self.param_dtype, "stem_conv")(x)
-        else:
-            x = _conv(width, 3, 1, self.dtype, self.param_dtype, "stem_conv")(x)
+        kernel, strides = (7, 2) if stem == "imagenet" else (3, 1)
+        x = _conv(width, kernel, strides, self.dtype, self.param_dtype, "stem_conv")(x)
         x = make_norm(
             self.norm,
             axis_name="conv_out",

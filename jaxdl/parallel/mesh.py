@@ -2,7 +2,8 @@
 
 A mesh has the fixed axis order ``MESH_AXES``; a config sets each axis' size and ``-1`` means
 "all devices not used by the other axes". Axes of size 1 cost nothing, so one logical-rules table
-serves every strategy: data parallel, FSDP, tensor parallel and their combinations differ only in the sizes.
+serves every strategy: data parallel, FSDP, tensor parallel and their combinations differ only in
+the sizes.
 """
 
 from __future__ import annotations
