@@ -37,6 +37,8 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "fsdp"),
     ("vocab", "fsdp"),
     ("kv", None),
+    ("layers", None),  # stacked (nn.scan) layer axis: each device keeps every layer's shard
+    ("pos", None),
     ("classes", None),
     ("conv_height", None),
     ("conv_width", None),
