@@ -373,3 +373,32 @@ def test_nnx_bridge_matches_linen_apply_with_the_same_variables():
     linen_logits = model.apply(variables, DIGITS, train=False)
     assert nnx_logits.shape == (2, 10)
     np.testing.assert_allclose(nnx_logits, linen_logits, rtol=1e-6, atol=1e-6)
+
+
+def test_resnet_remat_gives_the_same_loss_and_gradients():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
+
+    def loss_and_grads(policy):
+        model = ResNet(depth=8, num_classes=10, stem="cifar", width=8, remat_policy=policy)
+        variables = nn.meta.unbox(model.init(jax.random.key(0), x, train=False))
+
+        def loss(params):
+            logits, _ = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return jnp.mean(logits**2)
+
+        return jax.value_and_grad(loss)(variables["params"]), jax.make_jaxpr(loss)(
+            variables["params"]
+        )
+
+    (base_loss, base_grads), base_jaxpr = loss_and_grads("none")
+    (loss, grads), jaxpr = loss_and_grads("dots_saveable")
+    assert "remat" in str(jaxpr) and "remat" not in str(base_jaxpr)
+    np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, base_grads
+    )

@@ -1,7 +1,15 @@
 """Reusable Flax Linen building blocks whose parameters carry logical axis names."""
 
+from jaxdl.layers.attention import MultiHeadAttention, dropout_attention
 from jaxdl.layers.conv import CONV_BIAS_AXES, CONV_KERNEL_AXES, Conv, he_normal_fan_out
 from jaxdl.layers.dense import Dense
+from jaxdl.layers.embeddings import (
+    Embed,
+    LearnedPositionEmbedding,
+    SinusoidalPositionEmbedding,
+    sinusoidal_positions,
+)
+from jaxdl.layers.mlp import MlpBlock
 from jaxdl.layers.normalization import NORM_KINDS, GroupNorm, Identity, make_norm
 from jaxdl.layers.validation import check_image_batch
 
@@ -11,9 +19,16 @@ __all__ = [
     "NORM_KINDS",
     "Conv",
     "Dense",
+    "Embed",
     "GroupNorm",
     "Identity",
+    "LearnedPositionEmbedding",
+    "MlpBlock",
+    "MultiHeadAttention",
+    "SinusoidalPositionEmbedding",
     "check_image_batch",
+    "dropout_attention",
     "he_normal_fan_out",
     "make_norm",
+    "sinusoidal_positions",
 ]

@@ -1,5 +1,6 @@
 """Multi-head dot-product attention with logically named projections (MaxText style)."""
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -21,20 +22,19 @@ def dropout_attention(
     mask: jax.Array | None,
     *,
     causal: bool,
-    dropout: nn.Module,
+    dropout: Callable[[jax.Array], jax.Array],
 ) -> jax.Array:
     """Softmax attention with dropout on the attention probabilities (an einsum formulation).
 
     ``jax.nn.dot_product_attention`` has no probability dropout, so training with attention
     dropout uses this path; logits and softmax are float32 whatever the input dtype.
     q/k/v: [batch, length, heads, head_dim]; mask: boolean, broadcastable to
-    [batch, heads, q_length, kv_length] (True = attend); ``dropout``: an active ``nn.Dropout``.
+    [batch, heads, q_length, kv_length] (True = attend); ``dropout``: applied to the
+    probabilities, typically an active ``nn.Dropout``.
     Returns [batch, q_length, heads, head_dim] in ``value.dtype``.
     """
     scale = query.shape[-1] ** -0.5
-    logits = jnp.einsum(
-        "btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32
-    ) * scale
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32) * scale
     q_len, kv_len = query.shape[1], key.shape[1]
     allowed = jnp.ones((1, 1, q_len, kv_len), bool)
     if causal:
@@ -69,7 +69,6 @@ class MultiHeadAttention(nn.Module):
     causal: bool = False
     qkv_fused: bool = False
     use_bias: bool = True
-    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -82,15 +81,31 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"attention dropout_rate must be in [0, 1), got {self.dropout_rate}")
         super().__post_init__()
 
-    def _projection(self, features: tuple[int, ...], kernel_axes: tuple[str, ...], name: str):
-        """A bias-optional DenseGeneral from [..., embed] to [..., *features], logically named."""
-        return nn.DenseGeneral(
-            features=features,
+    def _projection(
+        self,
+        equation: str,
+        shape: tuple[int, ...],
+        kernel_axes: tuple[str, ...],
+        fan_in_axes: tuple[int, ...],
+        name: str,
+    ) -> nn.Einsum:
+        """A logically named ``nn.Einsum`` projection with a LeCun-normal kernel.
+
+        ``nn.Einsum`` rather than ``nn.DenseGeneral``: DenseGeneral initialises a flattened
+        kernel and applies the boxed names to it, which fails under a mesh. ``fan_in_axes``
+        are the contracted kernel axes, so the init scale is 1/sqrt(contracted size).
+        """
+        fan_out_axes = tuple(i for i in range(len(shape)) if i not in fan_in_axes)
+        kernel_init = nn.initializers.lecun_normal(in_axis=fan_in_axes, out_axis=fan_out_axes)
+        bias_axes = tuple(kernel_axes[i] for i in fan_out_axes)
+        return nn.Einsum(
+            shape=shape,
+            einsum_str=equation,
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, kernel_axes),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, kernel_axes[1:]),
+            kernel_init=nn.with_logical_partitioning(kernel_init, kernel_axes),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
             name=name,
         )
 
@@ -113,13 +128,15 @@ class MultiHeadAttention(nn.Module):
                 f"padding_mask must be bool {x.shape[:2]}, "
                 f"got {padding_mask.dtype} {padding_mask.shape}"
             )
-        heads = (self.num_heads, self.head_dim)
+        embed, heads = x.shape[-1], (self.num_heads, self.head_dim)
         if self.qkv_fused:
-            qkv = self._projection((3, *heads), FUSED_QKV_KERNEL_AXES, "qkv")(x)
+            qkv = self._projection(
+                "bte,ecnd->btcnd", (embed, 3, *heads), FUSED_QKV_KERNEL_AXES, (0,), "qkv"
+            )(x)
             query, key, value = (qkv[:, :, i] for i in range(3))
         else:
             query, key, value = (
-                self._projection(heads, QKV_KERNEL_AXES, name)(x)
+                self._projection("bte,end->btnd", (embed, *heads), QKV_KERNEL_AXES, (0,), name)(x)
                 for name in ("query", "key", "value")
             )
         query, key, value = (
@@ -134,14 +151,7 @@ class MultiHeadAttention(nn.Module):
             out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=self.causal)
         out = nn.with_logical_constraint(out, HEADS_ACTIVATION_AXES)
 
-        out = nn.DenseGeneral(
-            features=x.shape[-1],
-            axis=(-2, -1),
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, OUT_KERNEL_AXES),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            name="out",
-        )(out)
+        out = self._projection("btnd,nde->bte", (*heads, embed), OUT_KERNEL_AXES, (0, 1), "out")(
+            out
+        )
         return nn.with_logical_constraint(out, EMBED_ACTIVATION_AXES)

@@ -3,6 +3,12 @@
 from jaxdl.models.cnn import VGG, LeNet5
 from jaxdl.models.registry import available_models, get_model, register_model
 from jaxdl.models.resnet import BasicBlock, Bottleneck, ResNet
+from jaxdl.models.transformer import (
+    TransformerBlock,
+    TransformerClassifier,
+    TransformerLM,
+    TransformerStack,
+)
 
 __all__ = [
     "VGG",
@@ -10,6 +16,10 @@ __all__ = [
     "Bottleneck",
     "LeNet5",
     "ResNet",
+    "TransformerBlock",
+    "TransformerClassifier",
+    "TransformerLM",
+    "TransformerStack",
     "available_models",
     "get_model",
     "register_model",

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import Conv, Dense, check_image_batch, he_normal_fan_out, make_norm
+from jaxdl.layers.remat import REMAT_POLICIES, checkpoint_policy
 from jaxdl.models.registry import register_model
 
 FEATURE_MAP_AXES = ("batch", "height", "width", "channels")
@@ -64,7 +65,7 @@ class _ResidualBlock(nn.Module):
         raise NotImplementedError
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """[batch, H, W, C] -> [batch, H / strides, W / strides, features * expansion]."""
         out_features = self.features * self.expansion
         norm = functools.partial(
@@ -140,6 +141,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat_policy: str = "none"
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -150,6 +152,10 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet num_classes must be >= 1, got {self.num_classes}")
         if self.width is not None and self.width < 1:
             raise ValueError(f"ResNet width must be >= 1, got {self.width}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"ResNet remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
+            )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"ResNet dropout_rate must be in [0, 1), got {self.dropout_rate}")
         super().__post_init__()
@@ -178,6 +184,11 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         x = nn.with_logical_constraint(x, FEATURE_MAP_AXES)
 
+        if self.remat_policy != "none":
+            # Recompute each block's activations in the backward pass (train is static).
+            block_cls = nn.remat(
+                block_cls, policy=checkpoint_policy(self.remat_policy), static_argnums=(2,)
+            )
         for stage, num_blocks in enumerate(stage_sizes):
             for index in range(num_blocks):
                 x = block_cls(
@@ -188,7 +199,7 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"stage{stage + 1}_block{index + 1}",
-                )(x, train=train)
+                )(x, train)
 
         x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

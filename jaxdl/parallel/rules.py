@@ -37,6 +37,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "fsdp"),
     ("vocab", "fsdp"),
     ("kv", None),
+    ("qkv", None),
     ("layers", None),  # stacked (nn.scan) layer axis: each device keeps every layer's shard
     ("pos", None),
     ("classes", None),

@@ -92,14 +92,26 @@ def _model_kwargs(model_config: ml_collections.ConfigDict, num_classes: int) -> 
     return kwargs
 
 
+def global_batch_size(train_config: ml_collections.ConfigDict, data_parallel: int) -> int:
+    """``train.per_device_batch_size`` × data-parallel degree when set, else ``train.batch_size``.
+
+    The per-device form keeps memory per device fixed as the mesh grows (the usual way to scale);
+    the global form keeps the optimisation identical across meshes (the way to compare them).
+    """
+    per_device = train_config.get("per_device_batch_size")
+    if per_device:
+        return int(per_device) * data_parallel
+    return int(train_config.batch_size)
+
+
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Resolves a config into data splits, model, optimiser, schedule and mesh; validates sizes."""
     splits = load_splits(config.data)
     num_classes = len(splits.train.class_names)
     model = get_model(config.model.name, **_model_kwargs(config.model, num_classes))
     mesh = mesh_from_config(config.mesh)
-    global_batch = int(config.train.batch_size)
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    global_batch = global_batch_size(config.train, data_parallel)
     if global_batch % data_parallel or global_batch % jax.process_count():
         raise ValueError(
             f"train.batch_size={global_batch} must be divisible by the data-parallel degree "

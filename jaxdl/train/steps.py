@@ -77,7 +77,7 @@ def make_train_step(
                 loss_and_grads, state, inputs, labels, dropout_key, microbatches
             )
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
     return train_step

@@ -1,0 +1,113 @@
+"""Token and position embeddings with logically named tables."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TOKEN_TABLE_AXES = ("vocab", "embed")
+# Position tables get their own name ('pos', not 'length'): 'length' shards activations over the
+# 'sequence' mesh axis, whereas a position table is small and stays replicated.
+POSITION_TABLE_AXES = ("pos", "embed")
+EMBED_ACTIVATION_AXES = ("batch", "length", "embed")
+
+# GPT-2's initialiser for token and position tables.
+embedding_normal_init = nn.initializers.normal(stddev=0.02)
+
+
+class Embed(nn.Embed):
+    """``nn.Embed`` whose table [vocab, embed] is named ('vocab','embed').
+
+    ``__call__``: int tokens [batch, length] -> [batch, length, embed];
+    ``attend``: [batch, length, embed] -> [batch, length, vocab], the tied output projection
+    (inner products with every table row). Both outputs carry logical constraints.
+    """
+
+    embedding_init: nn.initializers.Initializer = embedding_normal_init
+
+    def setup(self) -> None:
+        """Create the logically named table (``nn.Embed.setup`` with a boxed initialiser)."""
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(self.embedding_init, TOKEN_TABLE_AXES),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Look up int tokens [batch, length] -> embeddings [batch, length, embed]."""
+        if inputs.ndim != 2:
+            raise ValueError(f"Embed expects tokens shaped [batch, length], got {inputs.shape}")
+        return nn.with_logical_constraint(super().__call__(inputs), EMBED_ACTIVATION_AXES)
+
+    def attend(self, query: jax.Array) -> jax.Array:
+        """Project [batch, length, embed] onto the table: logits [batch, length, vocab]."""
+        if query.ndim != 3:
+            raise ValueError(f"Embed.attend expects [batch, length, embed], got {query.shape}")
+        return nn.with_logical_constraint(super().attend(query), ("batch", "length", "vocab"))
+
+
+def _check_sequence(x: jax.Array, max_len: int | None, name: str) -> None:
+    """Raise unless ``x`` is [batch, length, embed] with length <= ``max_len``."""
+    if x.ndim != 3:
+        raise ValueError(f"{name} expects [batch, length, embed], got {x.shape}")
+    if max_len is not None and x.shape[1] > max_len:
+        raise ValueError(f"{name}: sequence length {x.shape[1]} exceeds max_len={max_len}")
+
+
+class LearnedPositionEmbedding(nn.Module):
+    """Adds a learned table [max_len, embed] (named ('pos','embed')) to the first ``length``
+    positions: [batch, length, embed] -> same shape, in ``x.dtype``."""
+
+    max_len: int
+    param_dtype: Any = jnp.float32
+    embedding_init: nn.initializers.Initializer = embedding_normal_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Return ``x + table[:length]``."""
+        _check_sequence(x, self.max_len, "LearnedPositionEmbedding")
+        table = self.param(
+            "embedding",
+            nn.with_logical_partitioning(self.embedding_init, POSITION_TABLE_AXES),
+            (self.max_len, x.shape[-1]),
+            self.param_dtype,
+        )
+        out = x + table[None, : x.shape[1]].astype(x.dtype)
+        return nn.with_logical_constraint(out, EMBED_ACTIVATION_AXES)
+
+
+def sinusoidal_positions(length: int, features: int, max_timescale: float = 1e4) -> np.ndarray:
+    """Fixed sin/cos position encodings [length, features] (Vaswani et al. 2017, section 3.5).
+
+    Written out because Flax/Optax ship none. Frequencies ``max_timescale ** (-2i / features)``
+    as in the paper; sines fill the first half of the features and cosines the second
+    (tensor2tensor's layout rather than interleaved).
+    Computed with NumPy so they are compile-time constants.
+    """
+    if features % 2:
+        raise ValueError(f"sinusoidal positions need an even feature size, got {features}")
+    half = features // 2
+    inv_freq = max_timescale ** (-np.arange(half, dtype=np.float64) / half)
+    angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
+
+
+class SinusoidalPositionEmbedding(nn.Module):
+    """Adds fixed sinusoidal encodings (no parameters): [batch, length, embed] -> same shape.
+
+    ``max_len`` only bounds the accepted length, so it is interchangeable with
+    ``LearnedPositionEmbedding``.
+    """
+
+    max_len: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Return ``x + sinusoidal_positions(length, embed)``."""
+        _check_sequence(x, self.max_len, "SinusoidalPositionEmbedding")
+        table = sinusoidal_positions(x.shape[1], x.shape[2])
+        out = x + jnp.asarray(table, x.dtype)[None]
+        return nn.with_logical_constraint(out, EMBED_ACTIVATION_AXES)

@@ -1,0 +1,379 @@
+"""Pre-LayerNorm Transformers: a causal language model and a sequence classifier.
+
+Built for scaling the MaxText way: every parameter and activation carries logical axis names;
+``scan_layers`` stacks the blocks with ``nn.scan`` (one compiled block, so compile time does not
+grow with depth; stacked params get a leading 'layers' axis); ``remat_policy`` trades memory for
+recomputation with ``jax.checkpoint`` policies.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdl.layers import (
+    Dense,
+    Embed,
+    LearnedPositionEmbedding,
+    MlpBlock,
+    MultiHeadAttention,
+    SinusoidalPositionEmbedding,
+    make_norm,
+)
+from jaxdl.layers.remat import REMAT_POLICIES, checkpoint_policy
+from jaxdl.models.registry import register_model
+
+EMBED_ACTIVATION_AXES = ("batch", "length", "embed")
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))); [B, T, E] -> [B, T, E].
+
+    ``train`` is a field rather than a call argument so that ``nn.scan``/``nn.remat`` only see
+    array inputs; ``scanned`` makes the call return ``(x, None)``, the carry/output pair
+    ``nn.scan`` expects.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    causal: bool
+    train: bool = False
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, padding_mask: jax.Array | None = None):
+        """Apply the block to ``x`` [B, T, E]; ``padding_mask`` [B, T] bool hides padded keys."""
+        if x.shape[-1] % self.num_heads:
+            raise ValueError(
+                f"embed dim {x.shape[-1]} is not divisible by num_heads={self.num_heads}"
+            )
+        norm = functools.partial(
+            make_norm,
+            "layer",
+            axis_name="embed",
+            train=self.train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        residual_dropout = nn.Dropout(self.dropout_rate, deterministic=not self.train)
+
+        y = norm(name="attn_norm")(x)
+        y = MultiHeadAttention(
+            num_heads=self.num_heads,
+            head_dim=x.shape[-1] // self.num_heads,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            dropout_rate=self.dropout_rate,
+            causal=self.causal,
+            name="attention",
+        )(y, padding_mask, train=self.train)
+        x = nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
+
+        y = norm(name="mlp_norm")(x)
+        y = MlpBlock(
+            self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="mlp",
+        )(y, train=self.train)
+        x = nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
+        return (x, None) if self.scanned else x
+
+
+class TransformerStack(nn.Module):
+    """``num_layers`` TransformerBlocks then a final LayerNorm: [B, T, E] -> [B, T, E].
+
+    With ``scan_layers`` the blocks live under ``layers`` with a leading [num_layers] axis
+    named 'layers'; otherwise under ``layers_0`` ... ``layers_{n-1}``. ``remat_policy``
+    (one of REMAT_POLICIES, 'none' = no remat) wraps each block in ``nn.remat``.
+    """
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    causal: bool
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan_layers: bool = True
+    remat_policy: str = "none"
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
+    ) -> jax.Array:
+        """Run the blocks over ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = token)."""
+        block = TransformerBlock
+        if self.remat_policy != "none":
+            # prevent_cse is only needed outside scan (MaxText does the same).
+            block = nn.remat(
+                block,
+                policy=checkpoint_policy(self.remat_policy),
+                prevent_cse=not self.scan_layers,
+            )
+        block_kwargs = {
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "causal": self.causal,
+            "train": train,
+            "dropout_rate": self.dropout_rate,
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+            "scanned": self.scan_layers,
+        }
+        if self.scan_layers:
+            scanned_blocks = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,),
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned_blocks(**block_kwargs, name="layers")(x, padding_mask)
+        else:
+            for i in range(self.num_layers):
+                x = block(**block_kwargs, name=f"layers_{i}")(x, padding_mask)
+        return make_norm(
+            "layer",
+            axis_name="embed",
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="final_norm",
+        )(x)
+
+
+def _check_config(model: str, **fields: Any) -> None:
+    """Shared construction-time checks of TransformerLM/TransformerClassifier hyper-parameters."""
+    for name in ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len"):
+        if fields[name] < 1:
+            raise ValueError(f"{model} {name} must be >= 1, got {fields[name]}")
+    if fields["embed_dim"] % fields["num_heads"]:
+        raise ValueError(
+            f"{model} embed_dim={fields['embed_dim']} is not divisible by "
+            f"num_heads={fields['num_heads']}"
+        )
+    if not 0.0 <= fields["dropout_rate"] < 1.0:
+        raise ValueError(f"{model} dropout_rate must be in [0, 1), got {fields['dropout_rate']}")
+    if fields["remat_policy"] not in REMAT_POLICIES:
+        raise ValueError(
+            f"{model} remat_policy must be one of {REMAT_POLICIES}, got {fields['remat_policy']!r}"
+        )
+    if fields["position_embedding"] not in POSITION_EMBEDDINGS:
+        raise ValueError(
+            f"{model} position_embedding must be one of {POSITION_EMBEDDINGS}, "
+            f"got {fields['position_embedding']!r}"
+        )
+
+
+def _check_tokens(tokens: jax.Array, max_len: int, model: str) -> None:
+    """Raise unless ``tokens`` is an int [batch, length] array with length <= ``max_len``."""
+    if tokens.ndim != 2:
+        raise ValueError(f"{model} expects tokens shaped [batch, length], got {tokens.shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"{model} expects integer tokens, got dtype {tokens.dtype}")
+    if tokens.shape[1] > max_len:
+        raise ValueError(f"{model}: sequence length {tokens.shape[1]} exceeds max_len={max_len}")
+
+
+def _embed_positions(kind: str, max_len: int, param_dtype: Any) -> nn.Module:
+    """The position-embedding layer for ``kind`` ('learned' or 'sinusoidal'), named pos_embed."""
+    if kind == "learned":
+        return LearnedPositionEmbedding(max_len, param_dtype=param_dtype, name="pos_embed")
+    return SinusoidalPositionEmbedding(max_len, name="pos_embed")
+
+
+@register_model("transformer_lm")
+class TransformerLM(nn.Module):
+    """Decoder-only causal LM (GPT-2 layout): int tokens [B, T] -> float32 logits [B, T, vocab].
+
+    Token + position embeddings -> dropout -> pre-LN causal blocks -> final LN -> logits via the
+    tied token table (``tie_embeddings``) or an untied ``lm_head`` [embed, vocab] named
+    ('embed','vocab'). ``dtype`` is the compute dtype (e.g. bf16); logits are always float32.
+    """
+
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    embed_dim: int
+    mlp_dim: int
+    max_len: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    tie_embeddings: bool = True
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    position_embedding: str = "learned"
+
+    def __post_init__(self) -> None:
+        """Validate hyper-parameters at construction so bad configs fail early."""
+        _check_config(
+            "TransformerLM",
+            vocab_size=self.vocab_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            embed_dim=self.embed_dim,
+            mlp_dim=self.mlp_dim,
+            max_len=self.max_len,
+            dropout_rate=self.dropout_rate,
+            remat_policy=self.remat_policy,
+            position_embedding=self.position_embedding,
+        )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, *, train: bool) -> jax.Array:
+        """Next-token logits [B, T, vocab] (float32) for ``tokens`` [B, T]; position t sees
+        tokens 0..t only. ``train`` enables dropout (needs a 'dropout' rng)."""
+        _check_tokens(tokens, self.max_len, "TransformerLM")
+        embed = Embed(
+            self.vocab_size,
+            self.embed_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="token_embed",
+        )
+        x = embed(tokens)
+        x = _embed_positions(self.position_embedding, self.max_len, self.param_dtype)(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = TransformerStack(
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            causal=True,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy,
+            name="decoder",
+        )(x, train=train)
+        if self.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = Dense(
+                self.vocab_size,
+                kernel_axes=("embed", "vocab"),
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="lm_head",
+            )(x)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+@register_model("transformer_classifier")
+class TransformerClassifier(nn.Module):
+    """Bidirectional encoder classifier: int tokens [B, T] -> float32 logits [B, num_classes].
+
+    Tokens equal to ``pad_id`` are masked out of attention and pooling, so trailing padding
+    does not change the output. ``pooling='mean'`` averages the non-pad positions; ``'cls'``
+    takes position 0 (the tokenizer's [CLS]). Head kernel [embed, classes] named
+    ('embed','classes').
+    """
+
+    vocab_size: int
+    num_classes: int
+    num_layers: int
+    num_heads: int
+    embed_dim: int
+    mlp_dim: int
+    max_len: int
+    dropout_rate: float = 0.0
+    pooling: str = "mean"
+    pad_id: int = 0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    position_embedding: str = "learned"
+
+    def __post_init__(self) -> None:
+        """Validate hyper-parameters at construction so bad configs fail early."""
+        _check_config(
+            "TransformerClassifier",
+            vocab_size=self.vocab_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            embed_dim=self.embed_dim,
+            mlp_dim=self.mlp_dim,
+            max_len=self.max_len,
+            dropout_rate=self.dropout_rate,
+            remat_policy=self.remat_policy,
+            position_embedding=self.position_embedding,
+        )
+        if self.num_classes < 1:
+            raise ValueError(
+                f"TransformerClassifier num_classes must be >= 1, got {self.num_classes}"
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(
+                f"TransformerClassifier pooling must be one of {POOLINGS}, got {self.pooling!r}"
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, *, train: bool) -> jax.Array:
+        """Classify ``tokens`` [B, T]; returns float32 logits [B, num_classes]."""
+        _check_tokens(tokens, self.max_len, "TransformerClassifier")
+        padding_mask = tokens != self.pad_id
+        x = Embed(
+            self.vocab_size,
+            self.embed_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="token_embed",
+        )(tokens)
+        x = _embed_positions(self.position_embedding, self.max_len, self.param_dtype)(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = TransformerStack(
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            causal=False,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy,
+            name="encoder",
+        )(x, padding_mask, train=train)
+
+        if self.pooling == "mean":
+            weights = padding_mask[..., None].astype(jnp.float32)
+            # max(count, 1): an all-padding row (e.g. the zeros used at init) pools to zeros.
+            count = jnp.maximum(weights.sum(axis=1), 1.0)
+            pooled = (x.astype(jnp.float32) * weights).sum(axis=1) / count
+        else:
+            pooled = x[:, 0]
+        pooled = nn.with_logical_constraint(pooled.astype(self.dtype), ("batch", "embed"))
+        logits = Dense(
+            self.num_classes,
+            kernel_axes=("embed", "classes"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head",
+        )(pooled)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "classes"))
+
+
+# GPT-2 sizes (Radford et al. 2019); everything but dropout/dtypes/scan/remat is fixed.
+_GPT2_SHARED = {"vocab_size": 50257, "max_len": 1024}
+register_model("gpt2_small")(
+    functools.partial(
+        TransformerLM, num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072, **_GPT2_SHARED
+    )
+)
+register_model("gpt2_medium")(
+    functools.partial(
+        TransformerLM, num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=4096, **_GPT2_SHARED
+    )
+)
