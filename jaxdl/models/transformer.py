@@ -27,6 +27,9 @@ from jaxdl.models.registry import register_model
 
 EMBED_ACTIVATION_AXES = ("batch", "length", "embed")
 
+POSITION_EMBEDDINGS = ("learned", "sinusoidal")
+POOLINGS = ("mean", "cls")
+
 
 class TransformerBlock(nn.Module):
     """Pre-LN block: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))); [B, T, E] -> [B, T, E].
