@@ -61,7 +61,8 @@ def apply_xla_flags(flags: str) -> str:
             (line for line in probe.stderr.splitlines() if "flag" in line.lower()),
             f"exit status {probe.returncode}",
         )
-        raise ValueError(f"XLA rejected --xla-flags {flags!r}: {reason.strip()}")
+        reason = reason.split("] ", 1)[-1].strip()  # drop the glog "F1123 12:00:00 ... ]" prefix
+        raise ValueError(f"XLA rejected --xla-flags {flags!r}: {reason}")
     os.environ["XLA_FLAGS"] = combined
     return combined
 

@@ -146,9 +146,13 @@ def run_once(
     from jaxdl.train import Trainer, build_experiment
 
     start = time.perf_counter()
-    config = load_config(config_arg, [*overrides, f"--config.seed={seed}"])
+    try:  # a bad config file, override or value ends the script with one line, as the CLI does
+        config = load_config(config_arg, [*overrides, f"--config.seed={seed}"])
+        experiment = build_experiment(config)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"{NAME}: error: {error}") from None
     with tempfile.TemporaryDirectory(prefix="jaxdl_bench_") as workdir:
-        trainer = Trainer(build_experiment(config), workdir, quiet=not verbose)
+        trainer = Trainer(experiment, workdir, quiet=not verbose)
         setup_seconds = time.perf_counter() - start
         compile_seconds, eval_compile_seconds = aot_compile(trainer)
         results = trainer.fit()
@@ -206,15 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_xla_flags(args.xla_flags)
     except ValueError as error:
-        sys.exit(f"digits_time_to_accuracy: error: {error}")
-    from jaxdl.config import ConfigError
-
+        sys.exit(f"{NAME}: error: {error}")
     runs = []
     for seed in range(args.repeats):
-        try:
-            runs.append(run_once(args.config, overrides, seed, args.target, args.verbose))
-        except ConfigError as error:
-            sys.exit(f"digits_time_to_accuracy: error: {error}")
+        runs.append(run_once(args.config, overrides, seed, args.target, args.verbose))
         print(f"seed {seed}: test accuracy {runs[-1]['test_accuracy']:.4f}", flush=True)
     summary = summarize(runs, args.target)
     print(format_table(runs, TABLE_COLUMNS))

@@ -68,6 +68,7 @@ TABLE_COLUMNS = (
     "first_step_s",
     "step_ms_mean",
     "step_ms_median",
+    "cpu_ms_per_step",
     "images_per_s",
 )
 
@@ -107,25 +108,37 @@ def workload_of(args: argparse.Namespace) -> dict[str, Any]:
     return {field: getattr(args, field) for field in CPU_WORKLOAD}
 
 
-def step_statistics(step_seconds: Sequence[float], batch_size: int) -> dict[str, float]:
-    """Mean/median/min of per-step seconds and images/s derived from the mean."""
-    mean = statistics.fmean(step_seconds)
-    return {
-        "step_ms_mean": mean * 1e3,
-        "step_ms_median": statistics.median(step_seconds) * 1e3,
-        "step_ms_min": min(step_seconds) * 1e3,
-        "images_per_s": batch_size / mean,
-    }
+def measure_steps(
+    run_step: Callable[[], None], warmup: int, steps: int, batch_size: int
+) -> dict[str, Any]:
+    """Times the first call, ``warmup - 1`` more untimed calls, then ``steps`` timed calls.
 
-
-def time_steps(run_step: Callable[[], None], count: int) -> list[float]:
-    """Seconds of each of ``count`` calls; ``run_step`` must block until its results exist."""
+    ``run_step`` must block until its results exist. Besides wall time per step it records the
+    process CPU time per step, which time-slicing by other processes on a shared machine inflates
+    much less than wall time (useful for A/B comparisons of one framework's settings).
+    """
+    start = time.perf_counter()
+    run_step()
+    first_step_seconds = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        run_step()
     seconds = []
-    for _ in range(count):
+    cpu_start = time.process_time()
+    for _ in range(steps):
         start = time.perf_counter()
         run_step()
         seconds.append(time.perf_counter() - start)
-    return seconds
+    cpu_seconds = time.process_time() - cpu_start
+    mean = statistics.fmean(seconds)
+    return {
+        "first_step_s": first_step_seconds,
+        "step_ms_mean": mean * 1e3,
+        "step_ms_median": statistics.median(seconds) * 1e3,
+        "step_ms_min": min(seconds) * 1e3,
+        "cpu_ms_per_step": cpu_seconds / steps * 1e3,
+        "images_per_s": batch_size / mean,
+        "step_seconds": seconds,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,18 +197,13 @@ def measure_jaxdl(workload: dict[str, Any]) -> dict[str, Any]:
         state, metrics = step(state, synthetic)
         jax.block_until_ready((state, metrics))
 
-    first_step_seconds = time_steps(run_step, 1)[0]
-    time_steps(run_step, workload["warmup"] - 1)
-    seconds = time_steps(run_step, workload["steps"])
     return {
         "framework": f"jaxdl (jax {jax.__version__})",
         "params": count_params(state.params),
         "devices": len(devices),
         "init_s": init_seconds,
         "compile_s": compile_seconds,
-        "first_step_s": first_step_seconds,
-        **step_statistics(seconds, batch),
-        "step_seconds": seconds,
+        **measure_steps(run_step, workload["warmup"], workload["steps"], batch),
     }
 
 
@@ -280,16 +288,10 @@ def measure_torch(workload: dict[str, Any], compiled: bool) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
 
-    first_step_seconds = time_steps(run_step, 1)[0]
-    time_steps(run_step, workload["warmup"] - 1)
-    seconds = time_steps(run_step, workload["steps"])
     return {
         "framework": f"torch {torch.__version__} {'compile' if compiled else 'eager'}",
         "torch_threads": torch.get_num_threads(),
-        "compile_s": None,
-        "first_step_s": first_step_seconds,
-        **step_statistics(seconds, batch),
-        "step_seconds": seconds,
+        **measure_steps(run_step, workload["warmup"], workload["steps"], batch),
     }
 
 
@@ -355,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_xla_flags(args.xla_flags)
     except ValueError as error:
-        sys.exit(f"train_throughput: error: {error}")
+        sys.exit(f"{NAME}: error: {error}")
 
     rows = [measure_jaxdl(workload)]
     if args.peer and args.full:
