@@ -4,20 +4,27 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 WORKDIR ?= runs/digits
 
-.PHONY: train test lint bench clean
+.PHONY: train test bench clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
+
+# Tests also need the dev tools, torch (reference schedules/optimisers) and libtpu (the
+# `jaxdl compile` test AOT-compiles for a TPU topology on this CPU machine).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,tpu]"
+	touch $(TEST_STAMP)
 
 train: $(STAMP)
 	$(BIN)/jaxdl train --config experiments/digits_resnet.py --workdir $(WORKDIR)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check jaxdl tests benchmarks experiments
 	$(BIN)/pytest -q
 

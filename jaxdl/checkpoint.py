@@ -19,7 +19,14 @@ import orbax.checkpoint as ocp
 
 def _manager(directory: str, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=async_save,
+        # Both managers may save the same step at once; distinct multi-host barrier names
+        # ("checkpoints_..." vs "best_...") keep their barriers from colliding.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=os.path.basename(directory)
+        ),
     )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 

@@ -82,7 +82,8 @@ class Experiment:
     augment: Any
 
 
-def _model_kwargs(model_config: ml_collections.ConfigDict, num_classes: int) -> dict:
+def model_kwargs(model_config: ml_collections.ConfigDict, num_classes: int) -> dict:
+    """Constructor kwargs from ``config.model``: num_classes filled from the data, dtype parsed."""
     kwargs = model_config.to_dict()
     kwargs.pop("name")
     if kwargs.get("num_classes") in (None, 0):
@@ -108,7 +109,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Resolves a config into data splits, model, optimiser, schedule and mesh; validates sizes."""
     splits = load_splits(config.data)
     num_classes = len(splits.train.class_names)
-    model = get_model(config.model.name, **_model_kwargs(config.model, num_classes))
+    model = get_model(config.model.name, **model_kwargs(config.model, num_classes))
     mesh = mesh_from_config(config.mesh)
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     global_batch = global_batch_size(config.train, data_parallel)

@@ -25,7 +25,7 @@ class TrainState(train_state.TrainState):
     rng: jax.Array | None = None
 
 
-def _init_state(
+def init_train_state(
     model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, sample_inputs: jax.Array
 ) -> TrainState:
     """Builds a TrainState whose params (and, through ``tx.init``, optimiser moments) keep their
@@ -64,7 +64,7 @@ def create_sharded_train_state(
 
     def init(key):
         with nn.logical_axis_rules(rules):
-            return _init_state(model, tx, key, jnp.zeros(sample.shape, sample.dtype))
+            return init_train_state(model, tx, key, jnp.zeros(sample.shape, sample.dtype))
 
     with jax.set_mesh(mesh):
         abstract = jax.eval_shape(init, rng)
