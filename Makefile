@@ -26,7 +26,7 @@ train: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check jaxdl tests benchmarks experiments
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/digits_time_to_accuracy.py

@@ -8,7 +8,8 @@ Each process owns 4 CPU devices; ``jax.distributed`` with gloo collectives joins
 8-device mesh. Modes:
 
 - ``steps``: N jitted train steps of a ResNet-8 where each process loads only its half of every
-  global batch (grain shard ``process_id`` of 2), then a checkpoint written by both processes.
+  global batch (grain shard ``process_id`` of 2), each followed by an async latest-and-best
+  checkpoint written by both processes.
   Process 0 writes ``result.json`` (losses, the gathered global labels of each batch) and
   ``params.npz`` (the gathered final params and BatchNorm statistics).
 - ``trainer``: the real ``jaxdl train`` path (config file, overrides, ``build_experiment``,
@@ -45,6 +46,7 @@ TRAINER_OVERRIDES = (
     "--config.train.batch_size=128",
     "--config.logging.tensorboard=False",
     "--config.logging.every_steps=5",
+    "--config.schedule.warmup_epochs=0.5",
 )
 
 
@@ -104,6 +106,7 @@ def run_steps(args: argparse.Namespace) -> None:
     state, shardings = create_state(mesh, args.global_batch)
     step = make_step(mesh, shardings)
     sharding = batch_sharding(mesh)
+    checkpointer = Checkpointer(args.workdir, max_to_keep=2, async_save=True)
     losses, global_labels = [], []
     local = process_batches(args.steps, args.global_batch, jax.process_index(), 2)
     for batch in local:
@@ -113,9 +116,9 @@ def run_steps(args: argparse.Namespace) -> None:
         global_labels.append(np.asarray(labels).tolist())
         state, metrics = step(state, global_batch)
         losses.append(float(metrics["loss"]))
-    checkpointer = Checkpointer(args.workdir, max_to_keep=2, async_save=True)
-    checkpointer.save(int(state.step), state, loop_state={"losses": losses})
-    checkpointer.wait()
+        # As the trainer does after an improving epoch: latest and best save the same step at
+        # once, asynchronously, while the next step already runs.
+        checkpointer.save(int(state.step), state, loop_state={"losses": losses}, is_best=True)
     checkpointer.close()
     variables = host_variables(state)
     if jax.process_index() == 0:
