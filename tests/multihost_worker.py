@@ -15,7 +15,8 @@ Each process owns 4 CPU devices; ``jax.distributed`` with gloo collectives joins
 - ``trainer``: the real ``jaxdl train`` path (config file, overrides, ``build_experiment``,
   ``Trainer.fit``) for a tiny model and 2 epochs.
 
-The helpers below are shared with the test, which recomputes the same run in one process.
+Run from the repository root (the trainer mode reads experiments/digits_resnet.py). The helpers
+below are shared with the test, which recomputes the same run in one process.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -43,14 +45,14 @@ MESHES: dict[str, dict[str, int]] = {
 DIGITS_CONFIG = "experiments/digits_resnet.py:depth=8,epochs=2"
 TRAINER_OVERRIDES = (
     "--config.model.width=8",
-    "--config.train.batch_size=128",
+    "--config.train.batch_size=256",
     "--config.logging.tensorboard=False",
     "--config.logging.every_steps=5",
     "--config.schedule.warmup_epochs=0.5",
 )
 
 
-def make_model():
+def make_model() -> nn.Module:
     """The ResNet-8 (width 16, CIFAR stem) trained by ``steps`` mode."""
     return get_model("resnet", depth=8, stem="cifar", width=16, num_classes=10)
 
@@ -101,14 +103,15 @@ def host_variables(state: TrainState) -> dict[str, np.ndarray]:
 
 
 def run_steps(args: argparse.Namespace) -> None:
-    """N train steps on per-process halves of each global batch, then a two-process checkpoint."""
+    """N train steps on per-process halves of each global batch, each followed by a checkpoint
+    that both processes write; process 0 then writes the results the test compares."""
     mesh = make_mesh(MESHES[args.mesh])
     state, shardings = create_state(mesh, args.global_batch)
     step = make_step(mesh, shardings)
     sharding = batch_sharding(mesh)
     checkpointer = Checkpointer(args.workdir, max_to_keep=2, async_save=True)
     losses, global_labels = [], []
-    local = process_batches(args.steps, args.global_batch, jax.process_index(), 2)
+    local = process_batches(args.steps, args.global_batch, jax.process_index(), args.num_processes)
     for batch in local:
         global_batch = shard_batch(batch, sharding)
         # The global row order make_array_from_process_local_data chose, for the test to check.
@@ -118,7 +121,8 @@ def run_steps(args: argparse.Namespace) -> None:
         losses.append(float(metrics["loss"]))
         # As the trainer does after an improving epoch: latest and best save the same step at
         # once, asynchronously, while the next step already runs.
-        checkpointer.save(int(state.step), state, loop_state={"losses": losses}, is_best=True)
+        loop_state = {"losses": list(losses)}
+        checkpointer.save(int(state.step), state, loop_state=loop_state, is_best=True)
     checkpointer.close()
     variables = host_variables(state)
     if jax.process_index() == 0:

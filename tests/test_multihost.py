@@ -1,7 +1,7 @@
 """Two real JAX processes (gloo collectives, 4 CPU devices each) train like one 8-device process.
 
-Both two-process runs start together when the module's fixture first runs (4 worker processes) so
-their compiles overlap with the single-process references computed here.
+Each test launches one two-process run (``tests/multihost_worker.py``) and checks it against
+single-process computations done here, partly while the workers run.
 
 Tolerances: the two runs do the same float32 math, but cross-process all-reduces (gloo) sum
 partials in another order than in-process ones, so values may differ in the last bits; over 3
@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.config import load_config
 from jaxdl.parallel import batch_sharding, make_mesh, shard_batch
-from jaxdl.train import Trainer, build_experiment
+from jaxdl.train import Trainer, TrainState, build_experiment
 from jaxdl.train.state import abstract_state
 from tests import multihost_worker as worker
 
@@ -38,7 +38,7 @@ STEPS, GLOBAL_BATCH, STEPS_MESH = 3, 64, "fsdp4_tensor2"
 TIMEOUT_S = 300
 RTOL = 1e-5
 
-_jaxlib = getattr(jax._src.lib, "_jax", None)  # noqa: SLF001 - the only place gloo is visible
+_jaxlib = getattr(jax._src.lib, "_jax", None)  # private, but the only place gloo shows
 pytestmark = pytest.mark.skipif(
     _jaxlib is not None and not hasattr(_jaxlib, "make_gloo_tcp_collectives"),
     reason="this jaxlib has no gloo CPU collectives",
@@ -55,7 +55,7 @@ def _launch(workdir: Path, *args: str) -> list[subprocess.Popen]:
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # as in this process: see fast_compiles
     processes = []
     for process_id in range(2):
-        log = open(workdir / f"worker_{process_id}.log", "w")  # noqa: SIM115 - closed by wait
+        log = open(workdir / f"worker_{process_id}.log", "w")  # noqa: SIM115 - the child keeps it
         command = [sys.executable, str(REPO / "tests" / "multihost_worker.py")]
         command += ["--process-id", str(process_id), "--num-processes", "2"]
         command += ["--port", str(port), "--workdir", str(workdir), *args]
@@ -92,41 +92,43 @@ def _logs(workdir: Path) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def fast_compiles():
-    """Compiles at LLVM -O0 here and in the workers: XLA's CPU compiles of random-init programs
-    take seconds at -O3 (about 2 s for one ``jax.random.normal`` on these machines) and ~3x less
-    at -O0. Only code generation changes; XLA's HLO passes, hence the arithmetic and its order,
-    stay the same."""
+    """Compiles at LLVM -O0 here and in the workers: at -O3 XLA's CPU backend needs about 2 s
+    for one ``jax.random.normal`` and 10 s for the ResNet-8's sharded init on these machines,
+    at -O0 several times less. Only code generation changes; XLA's HLO passes, hence the
+    arithmetic and its order, stay the same."""
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", False)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Both two-process runs, started at once: ``steps`` (manual loop) and ``trainer`` (CLI)."""
-    root = tmp_path_factory.mktemp("multihost")
-    steps_args = ("--mode", "steps", "--mesh", STEPS_MESH, "--steps", str(STEPS))
-    steps_args += ("--global-batch", str(GLOBAL_BATCH))
-    launched = {
-        "steps": (root / "steps", _launch(root / "steps", *steps_args)),
-        "trainer": (root / "trainer", _launch(root / "trainer", "--mode", "trainer")),
-    }
-    deadline = time.monotonic() + TIMEOUT_S
+@pytest.fixture
+def launch(tmp_path):
+    """Starts a two-process run in ``tmp_path`` and returns a function that waits for it.
 
-    def finished(name: str) -> Path:
-        workdir, processes = launched[name]
-        _wait(processes, workdir, deadline)
-        return workdir
+    Each test starts its own run (so ``pytest -n`` spreads them over its workers) and does its
+    single-process work while the workers compile; leftover workers are killed at teardown.
+    """
+    started: list[subprocess.Popen] = []
 
-    yield finished
-    for _, processes in launched.values():
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    def start(*args: str):
+        processes = _launch(tmp_path, *args)
+        started.extend(processes)
+        deadline = time.monotonic() + TIMEOUT_S
+
+        def finished() -> Path:
+            _wait(processes, tmp_path, deadline)
+            return tmp_path
+
+        return finished
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
-def _single_process_reference() -> tuple[list[dict], list[float], object]:
+def _single_process_reference() -> tuple[list[dict], list[float], TrainState]:
     """The same run on one process' 8 devices, fed the concatenated per-process halves."""
     halves = [worker.process_batches(STEPS, GLOBAL_BATCH, i, 2) for i in range(2)]
     batches = [
@@ -144,9 +146,13 @@ def _single_process_reference() -> tuple[list[dict], list[float], object]:
     return batches, losses, state
 
 
-def test_two_processes_train_like_one_process_and_checkpoint_restores_on_other_meshes(runs):
+def test_two_processes_train_like_one_process_and_checkpoint_restores_on_other_meshes(launch):
+    finished = launch(
+        *("--mode", "steps", "--mesh", STEPS_MESH),
+        *("--steps", str(STEPS), "--global-batch", str(GLOBAL_BATCH)),
+    )
     batches, reference_losses, reference_state = _single_process_reference()
-    workdir = runs("steps")
+    workdir = finished()
     result = json.loads((workdir / "result.json").read_text())
     assert result["process_count"] == 2
     assert (result["device_count"], result["local_device_count"]) == (8, 4)
@@ -161,6 +167,11 @@ def test_two_processes_train_like_one_process_and_checkpoint_restores_on_other_m
     for name, value in saved.items():
         np.testing.assert_allclose(value, reference[name], rtol=RTOL, atol=1e-6, err_msg=name)
 
+    # Latest and best saved the same steps concurrently (their multi-host barriers must not
+    # collide); keep-2 left the last two steps.
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [STEPS - 1, STEPS]
+    assert [int(p.name) for p in (workdir / "best").iterdir()] == [STEPS]
+
     # The checkpoint both processes wrote (each its own parameter shards) restores here onto a
     # 4-device FSDP mesh and onto a single device, exactly.
     mesh4 = make_mesh({"fsdp": 4}, jax.devices()[:4])
@@ -173,7 +184,7 @@ def test_two_processes_train_like_one_process_and_checkpoint_restores_on_other_m
         checkpointer.close()
         assert int(restored.step) == STEPS
         assert loop["losses"] == result["losses"]
-        jax.tree.map(lambda leaf, s: _assert_sharding(leaf, s), restored, shardings)
+        jax.tree.map(_assert_sharding, restored, shardings)
         restored_host = worker.host_variables(restored)
         for name, value in saved.items():
             np.testing.assert_array_equal(restored_host[name], value, err_msg=name)
@@ -190,17 +201,22 @@ def _assert_sharding(leaf: jax.Array, sharding: NamedSharding) -> None:
     assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (leaf.sharding, sharding)
 
 
-def test_cli_training_across_two_processes_matches_single_process_evaluation(runs):
-    workdir = runs("trainer")
-    results = json.loads((workdir / "results.json").read_text())
+def test_cli_training_across_two_processes_matches_single_process_evaluation(launch):
+    finished = launch("--mode", "trainer")
     config = load_config(worker.DIGITS_CONFIG, worker.TRAINER_OVERRIDES)
     experiment = build_experiment(config)
-    total_steps = 2 * experiment.steps_per_epoch
-    assert results["step"] == total_steps
+    workdir = finished()
+    results = json.loads((workdir / "results.json").read_text())
+    per_epoch = experiment.steps_per_epoch
+    total_steps = 2 * per_epoch
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [
-        experiment.steps_per_epoch,
+        per_epoch,
         total_steps,
     ]
+    # The test metrics are those of the best epoch's state, kept apart in best/.
+    best_step = results["best_epoch"] * per_epoch
+    assert [int(p.name) for p in (workdir / "best").iterdir()] == [best_step]
+    assert results["step"] == best_step
 
     # Only process 0 writes logs: one validation record per epoch.
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -31,7 +31,7 @@ def _batches(num_steps=3, batch=16):
 def _run(model, sizes, devices, batches):
     mesh = make_mesh(sizes, devices)
     tx = optax.adam(1e-2)
-    sample = jax.ShapeDtypeStruct(batches[0]["inputs"].shape, np.float32)
+    sample = jax.ShapeDtypeStruct(batches[0]["inputs"].shape, batches[0]["inputs"].dtype)
     state, shardings = create_sharded_train_state(model, tx, jax.random.PRNGKey(0), sample, mesh)
     sharding = batch_sharding(mesh)
     step = ShardedStep(make_train_step(), mesh, shardings, sharding, returns_state=True)
@@ -47,7 +47,11 @@ MODELS = {
     # them), so sharded and single-device runs agree.
     "resnet8": dict(name="resnet", depth=8, stem="cifar", width=16, num_classes=10),
     "lenet5": dict(name="lenet5", num_classes=10),
+    "vgg11": dict(
+        name="vgg11", num_classes=10, width_multiplier=0.125, hidden=64, dropout_rate=0.0
+    ),
 }
+# Transformers: tests/test_transformer.py::test_sharded_classifier_training_matches_single_device.
 
 
 @pytest.fixture(scope="module")
