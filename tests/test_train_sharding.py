@@ -17,20 +17,23 @@ STRATEGIES = {
 }
 
 
-def _batches(num_steps=3, batch=16):
+def _batches(tokens: bool, num_steps=3, batch=16):
     rng = np.random.default_rng(0)
     return [
         {
-            "inputs": rng.normal(size=(batch, 8, 8, 1)).astype(np.float32),
+            "inputs": (
+                rng.integers(1, 50, size=(batch, 12)).astype(np.int32)
+                if tokens
+                else rng.normal(size=(batch, 8, 8, 1)).astype(np.float32)
+            ),
             "labels": rng.integers(0, 10, size=(batch,)).astype(np.int32),
         }
         for _ in range(num_steps)
     ]
 
 
-def _run(model, sizes, devices, batches):
+def _run(model, tx, sizes, devices, batches):
     mesh = make_mesh(sizes, devices)
-    tx = optax.adam(1e-2)
     sample = jax.ShapeDtypeStruct(batches[0]["inputs"].shape, batches[0]["inputs"].dtype)
     state, shardings = create_sharded_train_state(model, tx, jax.random.PRNGKey(0), sample, mesh)
     sharding = batch_sharding(mesh)
@@ -42,24 +45,46 @@ def _run(model, sizes, devices, batches):
     return state, losses
 
 
+# name -> (model kwargs, optimiser, token inputs?)
 MODELS = {
     # BatchNorm statistics are global-batch statistics under every strategy (GSPMD all-reduces
     # them), so sharded and single-device runs agree.
-    "resnet8": dict(name="resnet", depth=8, stem="cifar", width=16, num_classes=10),
-    "lenet5": dict(name="lenet5", num_classes=10),
-    "vgg11": dict(
-        name="vgg11", num_classes=10, width_multiplier=0.125, hidden=64, dropout_rate=0.0
+    "resnet8": (
+        dict(name="resnet", depth=8, stem="cifar", width=16, num_classes=10),
+        optax.adam(1e-2),
+        False,
+    ),
+    "lenet5": (dict(name="lenet5", num_classes=10), optax.adam(1e-2), False),
+    "vgg11": (
+        dict(name="vgg11", num_classes=10, width_multiplier=0.125, hidden=64, dropout_rate=0.0),
+        optax.adam(1e-2),
+        False,
+    ),
+    # SGD, not Adam: an attention key bias has an exactly-zero gradient (softmax ignores it), and
+    # Adam normalises the ~1e-9 reduction-order noise in that zero to full-size updates.
+    "transformer": (
+        dict(
+            name="transformer_classifier",
+            vocab_size=64,
+            num_classes=10,
+            num_layers=2,
+            num_heads=4,
+            embed_dim=32,
+            mlp_dim=64,
+            max_len=12,
+        ),
+        optax.sgd(0.1),
+        True,
     ),
 }
-# Transformers: tests/test_transformer.py::test_sharded_classifier_training_matches_single_device.
 
 
 @pytest.fixture(scope="module")
 def reference_runs():
-    batches = _batches()
+    batches = {name: _batches(tokens) for name, (_, _, tokens) in MODELS.items()}
     return batches, {
-        name: _run(get_model(**kw), {"data": 1}, jax.devices()[:1], batches)
-        for name, kw in MODELS.items()
+        name: _run(get_model(**kw), tx, {"data": 1}, jax.devices()[:1], batches[name])
+        for name, (kw, tx, _) in MODELS.items()
     }
 
 
@@ -69,10 +94,14 @@ def test_sharded_training_matches_single_device(reference_runs, strategy, model_
     batches, references = reference_runs
     ref_state, ref_losses = references[model_name]
     state, losses = _run(
-        get_model(**MODELS[model_name]), STRATEGIES[strategy], jax.devices(), batches
+        get_model(**MODELS[model_name][0]),
+        MODELS[model_name][1],
+        STRATEGIES[strategy],
+        jax.devices(),
+        batches[model_name],
     )
     # Tolerance: the same maths in f32 with different reduction orders (all-reduce trees, split
-    # matmuls) differs by a few ulps per op; 3 Adam steps keep that well below 1e-4.
+    # matmuls) differs by a few ulps per op; 3 steps keep that well below 1e-4.
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-5),
@@ -87,7 +116,7 @@ def _shard_fraction(array) -> float:
 
 
 def test_fsdp_shards_every_large_kernel_and_its_adam_moments():
-    model = get_model(**MODELS["resnet8"])
+    model = get_model(**MODELS["resnet8"][0])
     mesh = make_mesh({"fsdp": 8})
     sample = jax.ShapeDtypeStruct((16, 8, 8, 1), np.float32)
     state, _ = create_sharded_train_state(
@@ -104,7 +133,7 @@ def test_fsdp_shards_every_large_kernel_and_its_adam_moments():
 
 
 def test_tensor_parallel_splits_conv_output_channels():
-    model = get_model(**MODELS["resnet8"])
+    model = get_model(**MODELS["resnet8"][0])
     mesh = make_mesh({"data": 2, "tensor": 4})
     sample = jax.ShapeDtypeStruct((16, 8, 8, 1), np.float32)
     _, shardings = create_sharded_train_state(
