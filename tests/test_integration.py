@@ -30,10 +30,9 @@ def _split_sizes():
     return [len(indices) for indices in stratified_split(labels, (0.7, 0.15, 0.15), seed=0)]
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run") / "digits"
-    result = _jaxdl(
+def _train_args(workdir):
+    """A tiny ResNet-8 for 6 epochs: seconds on CPU, yet clearly learning."""
+    return (
         "train",
         "--config",
         "experiments/digits_resnet.py:depth=8,epochs=6",
@@ -41,8 +40,13 @@ def trained_workdir(tmp_path_factory):
         str(workdir),
         "--config.model.width=8",
         "--config.schedule.warmup_epochs=0.5",
-        "--config.logging.wandb.mode=offline",
     )
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run") / "digits"
+    result = _jaxdl(*_train_args(workdir), "--config.logging.wandb.mode=offline")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -94,15 +98,7 @@ def test_results_report_test_metrics(trained_workdir):
 def test_rerun_resumes_instead_of_retraining(trained_workdir):
     workdir, _ = trained_workdir
     before = json.loads((workdir / "results.json").read_text())
-    result = _jaxdl(
-        "train",
-        "--config",
-        "experiments/digits_resnet.py:depth=8,epochs=6",
-        "--workdir",
-        str(workdir),
-        "--config.model.width=8",
-        "--config.schedule.warmup_epochs=0.5",
-    )
+    result = _jaxdl(*_train_args(workdir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step" in result.stderr + result.stdout
     after = json.loads((workdir / "results.json").read_text())
