@@ -201,3 +201,8 @@ def test_optimizers_match_torch_over_several_steps():
 def test_build_optimizer_rejects_invalid_config(fields, message):
     with pytest.raises(ValueError, match=message):
         build_optimizer(make_config(**fields), constant(LR))
+
+
+def test_misspelt_optimizer_field_is_an_error_not_ignored():
+    with pytest.raises(ValueError, match=r"unknown optimizer field\(s\) \['momentm'\]"):
+        build_optimizer(make_config(name="sgd", momentm=0.9), constant(0.1))

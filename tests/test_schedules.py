@@ -257,3 +257,9 @@ def test_build_schedule_rejects_unknown_name_and_missing_fields(fields, message)
         build_schedule(
             make_config(**fields), base_learning_rate=0.1, steps_per_epoch=10, total_steps=100
         )
+
+
+def test_misspelt_schedule_field_is_an_error_not_ignored():
+    config = make_config(name="cosine", warmup_epoch=1.0)
+    with pytest.raises(ValueError, match=r"unknown schedule field\(s\) \['warmup_epoch'\]"):
+        build_schedule(config, base_learning_rate=1.0, steps_per_epoch=10, total_steps=100)

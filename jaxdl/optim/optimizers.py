@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxdl.optim.schedules import reject_unknown_fields
+
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "rmsprop")
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 
@@ -87,6 +89,27 @@ def _update_rule(config: ml_collections.ConfigDict, name: str) -> optax.Gradient
     return optax.chain(scale, optax.trace(decay=momentum)) if momentum else scale
 
 
+# Every field build_optimizer reads (learning_rate is the schedule's base value).
+OPTIMIZER_FIELDS = frozenset(
+    [
+        "name",
+        "learning_rate",
+        "momentum",
+        "nesterov",
+        "b1",
+        "b2",
+        "eps",
+        "decay",
+        "weight_decay",
+        "weight_decay_mode",
+        "l1",
+        "clip_global_norm",
+        "clip_value",
+        "decay_bias_and_norm",
+    ]
+)
+
+
 def build_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
@@ -103,6 +126,7 @@ def build_optimizer(
     Chain: clip by value -> clip by global norm -> L1 / coupled L2 -> update rule ->
     decoupled decay -> scale by ``-schedule(count)``. ``update`` must be given params.
     """
+    reject_unknown_fields(config, OPTIMIZER_FIELDS, "optimizer")
     name = config.get("name")
     if name not in OPTIMIZER_NAMES:
         raise ValueError(f"unknown optimizer name {name!r}; expected one of {OPTIMIZER_NAMES}")

@@ -135,6 +135,29 @@ def _required(config: ml_collections.ConfigDict, field: str, schedule_name: str)
     return value
 
 
+def reject_unknown_fields(
+    config: ml_collections.ConfigDict, known: frozenset[str], section: str
+) -> None:
+    """A misspelt field in a config file would otherwise be silently ignored."""
+    unknown = sorted(set(config.keys()) - known)
+    if unknown:
+        raise ValueError(f"unknown {section} field(s) {unknown}; valid fields: {sorted(known)}")
+
+
+# Every field build_schedule reads.
+SCHEDULE_FIELDS = frozenset(
+    [
+        "name",
+        "warmup_epochs",
+        "min_value",
+        "step_size_epochs",
+        "gamma",
+        "first_period_epochs",
+        "period_multiplier",
+    ]
+)
+
+
 def build_schedule(
     config: ml_collections.ConfigDict,
     *,
@@ -152,6 +175,7 @@ def build_schedule(
     """
     steps_per_epoch = _require_int("steps_per_epoch", steps_per_epoch, 1)
     total_steps = _require_int("total_steps", total_steps, 1)
+    reject_unknown_fields(config, SCHEDULE_FIELDS, "schedule")
     name = config.get("name")
     if name not in SCHEDULE_NAMES:
         raise ValueError(f"unknown schedule name {name!r}; expected one of {SCHEDULE_NAMES}")
