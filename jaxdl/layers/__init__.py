@@ -2,7 +2,7 @@
 
 from jaxdl.layers.attention import MultiHeadAttention, dropout_attention
 from jaxdl.layers.conv import CONV_BIAS_AXES, CONV_KERNEL_AXES, Conv, he_normal_fan_out
-from jaxdl.layers.dense import Dense
+from jaxdl.layers.dense import Dense, classifier_head
 from jaxdl.layers.embeddings import (
     Embed,
     LearnedPositionEmbedding,
@@ -19,6 +19,7 @@ __all__ = [
     "NORM_KINDS",
     "Conv",
     "Dense",
+    "classifier_head",
     "Embed",
     "GroupNorm",
     "Identity",

@@ -4,6 +4,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 class Dense(nn.Module):
@@ -39,3 +40,19 @@ class Dense(nn.Module):
         # Reuse this module's scope so params are `<name>/kernel`, not `<name>/Dense_0/kernel`.
         nn.share_scope(self, dense)
         return dense(x)
+
+
+def classifier_head(x: jax.Array, num_classes: int, dtype: Any, param_dtype: Any) -> jax.Array:
+    """Final ('embed','classes') projection of pooled features [batch, embed] to float32 logits
+    [batch, num_classes], parameters under ``head``.
+
+    Must be called inside a compact method (the Dense attaches to the calling module).
+    """
+    logits = Dense(
+        num_classes,
+        kernel_axes=("embed", "classes"),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name="head",
+    )(x)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "classes"))

@@ -7,7 +7,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.layers import Conv, Dense, check_image_batch, he_normal_fan_out, make_norm
+from jaxdl.layers import (
+    Conv,
+    Dense,
+    check_image_batch,
+    classifier_head,
+    he_normal_fan_out,
+    make_norm,
+)
 from jaxdl.models.registry import register_model
 
 FEATURE_MAP_AXES = ("batch", "height", "width", "channels")
@@ -25,21 +32,6 @@ VGG_CONFIGS: dict[int, tuple[int | str, ...]] = {
          512, 512, 512, "M", 512, 512, 512, "M"),
 }
 # fmt: on
-
-
-def _classifier_head(x: jax.Array, num_classes: int, dtype: Any, param_dtype: Any) -> jax.Array:
-    """Final ('embed','classes') projection to float32 logits [batch, num_classes].
-
-    Must be called inside a compact method (the Dense attaches to the calling module).
-    """
-    logits = Dense(
-        num_classes,
-        kernel_axes=("embed", "classes"),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name="head",
-    )(x)
-    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "classes"))
 
 
 @register_model("lenet5")
@@ -103,7 +95,7 @@ class LeNet5(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "mlp"))
         x = act(dense(84, kernel_axes=("mlp", "embed"), name="fc2")(x))
         x = nn.with_logical_constraint(x, ("batch", "embed"))
-        return _classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
+        return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
 
 
 @register_model("vgg")
@@ -178,7 +170,7 @@ class VGG(nn.Module):
         x = nn.relu(dense(self.hidden, kernel_axes=("mlp", "embed"), name="fc2")(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.with_logical_constraint(x, ("batch", "embed"))
-        return _classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
+        return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
 
 
 for _alias_depth in VGG_CONFIGS:

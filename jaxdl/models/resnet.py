@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.layers import Conv, Dense, check_image_batch, he_normal_fan_out, make_norm
+from jaxdl.layers import Conv, check_image_batch, classifier_head, he_normal_fan_out, make_norm
 from jaxdl.layers.remat import REMAT_POLICIES, checkpoint_policy
 from jaxdl.models.registry import register_model
 
@@ -203,14 +203,7 @@ class ResNet(nn.Module):
 
         x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = Dense(
-            self.num_classes,
-            kernel_axes=("embed", "classes"),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="head",
-        )(x)
-        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "classes"))
+        return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
 
 
 def _layout(depth: int) -> tuple[str, type[BasicBlock] | type[Bottleneck], tuple[int, ...]]:

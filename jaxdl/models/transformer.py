@@ -20,6 +20,7 @@ from jaxdl.layers import (
     MlpBlock,
     MultiHeadAttention,
     SinusoidalPositionEmbedding,
+    classifier_head,
     make_norm,
 )
 from jaxdl.layers.remat import REMAT_POLICIES, checkpoint_policy
@@ -193,6 +194,45 @@ def _embed_positions(kind: str, max_len: int, param_dtype: Any) -> nn.Module:
     return SinusoidalPositionEmbedding(max_len, name="pos_embed")
 
 
+def _embed_and_encode(
+    model: nn.Module,
+    tokens: jax.Array,
+    padding_mask: jax.Array | None,
+    *,
+    causal: bool,
+    train: bool,
+    name: str,
+) -> tuple[jax.Array, Embed]:
+    """Token + position embedding, dropout and the block stack shared by the LM and classifier.
+
+    Called from ``model``'s compact ``__call__`` (submodules attach to it), reading its fields.
+    Returns the stack output [B, T, E] and the token embedding (for tied output projections).
+    """
+    embed = Embed(
+        model.vocab_size,
+        model.embed_dim,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+        name="token_embed",
+    )
+    x = embed(tokens)
+    x = _embed_positions(model.position_embedding, model.max_len, model.param_dtype)(x)
+    x = nn.Dropout(model.dropout_rate, deterministic=not train)(x)
+    x = TransformerStack(
+        num_layers=model.num_layers,
+        num_heads=model.num_heads,
+        mlp_dim=model.mlp_dim,
+        causal=causal,
+        dropout_rate=model.dropout_rate,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+        scan_layers=model.scan_layers,
+        remat_policy=model.remat_policy,
+        name=name,
+    )(x, padding_mask, train=train)
+    return x, embed
+
+
 @register_model("transformer_lm")
 class TransformerLM(nn.Module):
     """Decoder-only causal LM (GPT-2 layout): int tokens [B, T] -> float32 logits [B, T, vocab].
@@ -237,28 +277,7 @@ class TransformerLM(nn.Module):
         """Next-token logits [B, T, vocab] (float32) for ``tokens`` [B, T]; position t sees
         tokens 0..t only. ``train`` enables dropout (needs a 'dropout' rng)."""
         _check_tokens(tokens, self.max_len, "TransformerLM")
-        embed = Embed(
-            self.vocab_size,
-            self.embed_dim,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="token_embed",
-        )
-        x = embed(tokens)
-        x = _embed_positions(self.position_embedding, self.max_len, self.param_dtype)(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = TransformerStack(
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            causal=True,
-            dropout_rate=self.dropout_rate,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            scan_layers=self.scan_layers,
-            remat_policy=self.remat_policy,
-            name="decoder",
-        )(x, train=train)
+        x, embed = _embed_and_encode(self, tokens, None, causal=True, train=train, name="decoder")
         if self.tie_embeddings:
             logits = embed.attend(x)
         else:
@@ -328,27 +347,9 @@ class TransformerClassifier(nn.Module):
         """Classify ``tokens`` [B, T]; returns float32 logits [B, num_classes]."""
         _check_tokens(tokens, self.max_len, "TransformerClassifier")
         padding_mask = tokens != self.pad_id
-        x = Embed(
-            self.vocab_size,
-            self.embed_dim,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="token_embed",
-        )(tokens)
-        x = _embed_positions(self.position_embedding, self.max_len, self.param_dtype)(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = TransformerStack(
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            causal=False,
-            dropout_rate=self.dropout_rate,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            scan_layers=self.scan_layers,
-            remat_policy=self.remat_policy,
-            name="encoder",
-        )(x, padding_mask, train=train)
+        x, _ = _embed_and_encode(
+            self, tokens, padding_mask, causal=False, train=train, name="encoder"
+        )
 
         if self.pooling == "mean":
             weights = padding_mask[..., None].astype(jnp.float32)
@@ -358,14 +359,7 @@ class TransformerClassifier(nn.Module):
         else:
             pooled = x[:, 0]
         pooled = nn.with_logical_constraint(pooled.astype(self.dtype), ("batch", "embed"))
-        logits = Dense(
-            self.num_classes,
-            kernel_axes=("embed", "classes"),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="head",
-        )(pooled)
-        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "classes"))
+        return classifier_head(pooled, self.num_classes, self.dtype, self.param_dtype)
 
 
 # GPT-2 sizes (Radford et al. 2019); everything but dropout/dtypes/scan/remat is fixed.
