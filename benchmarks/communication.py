@@ -101,7 +101,7 @@ def _tp_activation_minimum(model, mesh_sizes: dict[str, int], batch: int, seq_le
 def run_case(model_name: str, devices: list, strategy: str, args: argparse.Namespace) -> dict:
     """Compiles one (model, device count, strategy) case; returns its table row."""
     from jaxdl.parallel import make_mesh
-    from jaxdl.parallel.aot import compile_train_step
+    from jaxdl.train.compile import compile_train_step
 
     model, optimizer, example, per_device = _workload(model_name, args)
     mesh = make_mesh(STRATEGIES[strategy], devices)

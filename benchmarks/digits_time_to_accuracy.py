@@ -5,7 +5,7 @@ eval steps (``ShardedStep.lower(...).compile()``, timed; this fills the jit cach
 does not compile again), then runs ``Trainer.fit()`` in a fresh temporary workdir and reads
 ``metrics.jsonl`` and ``results.json`` back:
 
-- time to target: summed ``epoch_seconds`` (train steps + validation pass) up to the first epoch
+- time to target: summed ``period_seconds`` (train steps + validation pass) up to the first epoch
   whose val accuracy reaches ``--target``; compilation (done before) and checkpoint saves are not
   in it;
 - steady-state step time / examples per second: median of the train ``examples_per_sec`` logging
@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from common import REPO_ROOT, add_common_args, apply_xla_flags, format_table, write_report
 
 NAME = "digits_time_to_accuracy"
@@ -91,7 +92,7 @@ def time_to_target(
     ``(None, None)`` when no epoch reaches it."""
     elapsed = 0.0
     for record in sorted(val_records, key=lambda r: r["epoch"]):
-        elapsed += record["epoch_seconds"]
+        elapsed += record["period_seconds"]
         if record["accuracy"] >= target:
             return record["epoch"], elapsed
     return None, None
@@ -106,30 +107,20 @@ def steady_state_examples_per_sec(train_records: Sequence[dict[str, Any]]) -> fl
 def aot_compile(trainer: Any) -> tuple[float, float]:
     """Lowers and compiles the trainer's train and eval steps; returns their seconds.
 
-    The batch specs mirror what the loaders produce (float32 inputs, int32 labels, float32 eval
-    mask), so the compiled executables are the ones ``fit()`` then finds in the jit cache.
+    The batch specs are the task's (what the loaders produce, plus the eval mask), so the compiled
+    executables are the ones ``fit()`` then finds in the jit cache.
     """
     import jax
-    import numpy as np
 
     exp = trainer.exp
-    image_shape = exp.splits.train.inputs.shape[1:]
-    sharding = trainer.batch_sharding
-
-    def spec(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-    batch = exp.global_batch_size
-    train_batch = {
-        "inputs": spec((batch, *image_shape), np.float32),
-        "labels": spec((batch,), np.int32),
-    }
-    eval_size = int(trainer.config.train.get("eval_batch_size", batch))
+    train_batch = exp.abstract_batch()
     eval_batch = {
-        "inputs": spec((eval_size, *image_shape), np.float32),
-        "labels": spec((eval_size,), np.int32),
-        "mask": spec((eval_size,), np.float32),
+        name: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=exp.batch_sharding)
+        for name, leaf in exp.task.abstract_batch(exp.eval_batch_size).items()
     }
+    eval_batch["mask"] = jax.ShapeDtypeStruct(
+        (exp.eval_batch_size,), np.float32, sharding=exp.batch_sharding
+    )
     start = time.perf_counter()
     trainer.train_step.lower(trainer.state, train_batch).compile()
     train_seconds = time.perf_counter() - start
@@ -143,13 +134,15 @@ def run_once(
 ) -> dict[str, Any]:
     """Trains one seed in a temporary workdir and summarises its logs (see the module doc)."""
     from jaxdl.config import load_config
-    from jaxdl.train import Trainer, build_experiment
+    from jaxdl.errors import UserError
+    from jaxdl.experiment import build_experiment
+    from jaxdl.train import Trainer
 
     start = time.perf_counter()
     try:  # a bad config file, override or value ends the script with one line, as the CLI does
         config = load_config(config_arg, [*overrides, f"--config.seed={seed}"])
         experiment = build_experiment(config)
-    except (ValueError, TypeError) as error:
+    except UserError as error:
         raise SystemExit(f"{NAME}: error: {error}") from None
     with tempfile.TemporaryDirectory(prefix="jaxdl_bench_") as workdir:
         trainer = Trainer(experiment, workdir, quiet=not verbose)
@@ -179,9 +172,9 @@ def run_once(
         "best_val_accuracy": max((r["accuracy"] for r in val), default=None),
         "test_accuracy": saved["accuracy"],
         "test_f1_macro": saved["f1_macro"],
-        "best_epoch": results["best_epoch"],
+        "best_step": results["best_step"],
         "fit_s": saved["train_seconds"],
-        "epoch_seconds_sum": sum(r["epoch_seconds"] for r in val),
+        "period_seconds_sum": sum(r["period_seconds"] for r in val),
         "total_s": total_seconds,
     }
 

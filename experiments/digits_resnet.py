@@ -11,6 +11,7 @@ in about a minute on 2 CPU cores.
 import ml_collections
 from ml_collections import config_dict
 
+from jaxdl import config_sections as sections
 from jaxdl.config import parse_config_arg
 
 
@@ -26,6 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.standardize = True
     config.data.worker_count = 0
 
+    config.task = ml_collections.ConfigDict()
+    config.task.name = "image_classification"
+    config.task.label_smoothing = 0.1
+
     config.augment = ml_collections.ConfigDict()
     config.augment.crop_padding = 1
     config.augment.rotation_degrees = 10.0
@@ -36,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet"
+    config.model.num_classes = 0  # 0: from the data
     config.model.depth = args.depth
     config.model.stem = "cifar"
     config.model.width = 16
@@ -60,45 +66,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = args.epochs
+    config.train.num_steps = config_dict.placeholder(int)  # when set, overrides num_epochs
     config.train.batch_size = args.batch_size  # global batch, split over data-parallel devices
     # When set, overrides batch_size: global batch = per-device batch x (mesh.data x mesh.fsdp).
     config.train.per_device_batch_size = config_dict.placeholder(int)
     config.train.eval_batch_size = 256
-    config.train.label_smoothing = 0.1
+    config.train.eval_every_steps = config_dict.placeholder(int)  # None: once per epoch
     config.train.microbatches = 1
 
-    config.early_stopping = ml_collections.ConfigDict()
-    config.early_stopping.monitor = "val_accuracy"
-    config.early_stopping.mode = "max"
-    config.early_stopping.patience = config_dict.placeholder(int)  # None: train all epochs
-    config.early_stopping.min_delta = 0.0
-    config.early_stopping.restore_best = True
-
-    config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.max_to_keep = 2
-    config.checkpoint.async_save = True
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.strategy = "dp"  # dp | fsdp | tp | dp_tp | fsdp_tp | custom
-    config.mesh.data = -1
-    config.mesh.fsdp = 1
-    config.mesh.sequence = 1
-    config.mesh.tensor = 1
-
-    config.distributed = ml_collections.ConfigDict()
-    config.distributed.enabled = "auto"
-    config.distributed.coordinator_address = config_dict.placeholder(str)
-    config.distributed.num_processes = 1
-    config.distributed.process_id = 0
-    config.distributed.cpu_collectives = config_dict.placeholder(str)
-
-    config.logging = ml_collections.ConfigDict()
-    config.logging.every_steps = 10
-    config.logging.tensorboard = True
-    config.logging.wandb = ml_collections.ConfigDict()
-    config.logging.wandb.mode = "disabled"  # online | offline | disabled
-    config.logging.wandb.project = "jaxdl"
-    config.logging.wandb.entity = config_dict.placeholder(str)
-    config.logging.wandb.name = config_dict.placeholder(str)
-    config.logging.wandb.run_id = config_dict.placeholder(str)
+    config.init = sections.init()
+    config.early_stopping = sections.early_stopping("val_accuracy", "max")
+    config.checkpoint = sections.checkpoint(max_to_keep=2)
+    config.mesh = sections.mesh("dp")
+    config.distributed = sections.distributed()
+    config.logging = sections.logging(every_steps=10)
     return config

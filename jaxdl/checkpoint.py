@@ -62,6 +62,19 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    def read_loop_state(self, step: int) -> dict:
+        """The loop-state JSON of latest checkpoint ``step``, without touching the arrays."""
+        restored = self.latest.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+        return dict(restored["loop"] or {})
+
+    def state_shapes(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``{'params/a/kernel': (shape, dtype)}`` of latest checkpoint ``step``'s train state,
+        read from metadata (to check a restore target before restoring)."""
+        state_dir = os.path.join(self.latest.directory, str(step), "state")
+        tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {key_path_str(p): (tuple(m.shape), str(m.dtype)) for p, m in flat}
+
     def best_step(self) -> int | None:
         return self.best.latest_step()
 
@@ -101,6 +114,20 @@ class Checkpointer:
         self.wait()
         self.latest.close()
         self.best.close()
+
+
+def key_path_str(key_path: tuple) -> str:
+    """A tree key path as ``a/b/0``."""
+    return "/".join(
+        str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in key_path
+    )
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{'params/a/kernel': (shape, dtype)}`` of a state or abstract state (same keys as
+    ``Checkpointer.state_shapes``)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {key_path_str(p): (tuple(x.shape), str(x.dtype)) for p, x in flat}
 
 
 def abstract_like(state: Any) -> Any:

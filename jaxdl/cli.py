@@ -1,7 +1,8 @@
 """Command line: ``jaxdl train|evaluate|compile``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
-Errors in what the user typed (unknown key, wrong type, missing file) print one line and exit 2.
+Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
+on resume) print one line and exit 2. Anything else is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an experiment config", allow_abbrev=False)
     train.add_argument("--config", required=True, help="experiment file, optionally path:arg")
     train.add_argument("--workdir", required=True, help="output dir; an existing run resumes")
+    train.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume even though fields that shape training changed (recorded in the workdir)",
+    )
     evaluate = commands.add_parser(
         "evaluate", help="re-evaluate a run's best checkpoint", allow_abbrev=False
     )
@@ -48,9 +54,10 @@ def _parser() -> argparse.ArgumentParser:
         "--topology", required=True, help="'cpu:N' (XLA_FLAGS devices) or a TPU one: 'v5p:4x4x4'"
     )
     compile_.add_argument(
-        "--input-shape", type=_shape, help="one example's shape, e.g. 224,224,3 (default: data's)"
+        "--input-shape",
+        type=_shape,
+        help="image tasks: one example's shape, e.g. 224,224,3, instead of loading the data",
     )
-    compile_.add_argument("--input-dtype", help="e.g. float32 or int32 (default: the dataset's)")
     compile_.add_argument("--json", help="also write the report to this JSON file")
     return parser
 
@@ -60,40 +67,31 @@ def _fail(message: str) -> None:
     raise SystemExit(USAGE_ERROR)
 
 
-def _build(config):
-    """Builds the experiment, turning invalid config values into one-line usage errors."""
-    from jaxdl.parallel import initialize_distributed
-    from jaxdl.train import build_experiment
-
-    try:
-        initialize_distributed(config.get("distributed"))
-        return build_experiment(config)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
-        _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
-
-
 def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """``jaxdl compile``: AOT-compiles the config's train step and prints its per-device costs."""
     import json
 
-    from jaxdl.config import ConfigError, load_config
+    from jaxdl.config import load_config
+    from jaxdl.data.records import constant_image_splits
+    from jaxdl.errors import ConfigError
+    from jaxdl.experiment import build_experiment
     from jaxdl.parallel import aot
+    from jaxdl.train.compile import compile_experiment
 
+    config = load_config(args.config, overrides)
     try:
-        config = load_config(args.config, overrides)
-        report = aot.compile_from_config(
-            config,
-            aot.topology_devices(args.topology),
-            input_shape=args.input_shape,
-            input_dtype=args.input_dtype,
-        )
-    except (ConfigError, aot.TpuUnavailableError) as error:
-        _fail(str(error))
+        devices = aot.topology_devices(args.topology)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    data = None
+    if args.input_shape:
+        data = constant_image_splits(args.input_shape, config.model.get("num_classes") or 1000)
+    experiment = build_experiment(config, devices=devices, data=data)
+    try:
+        report = compile_experiment(experiment)
     except aot.DoesNotFitError as error:
         sys.stderr.write(f"jaxdl: {error}\n")
         return 1
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
-        _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     print(f"jaxdl compile {args.config} --topology {args.topology}")
     print(report.format())
     if args.json:
@@ -102,37 +100,45 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args, extra = _parser().parse_known_args(argv)
-    from jaxdl.config import ConfigError, load_config, read_config
+def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from jaxdl.config import load_config, read_config
+    from jaxdl.errors import UserError
 
     if args.command == "compile":
         return _compile(args, extra)
     if args.command == "train":
-        try:
-            config = load_config(args.config, extra)
-        except ConfigError as error:
-            _fail(str(error))
+        config = load_config(args.config, extra)
     else:
         if extra:
-            _fail(f"unrecognized arguments: {' '.join(extra)}")
+            raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         if not os.path.isdir(args.workdir):
-            _fail(f"workdir not found: {args.workdir}")
-        try:
-            config = read_config(os.path.join(args.workdir, "config.json"))
-        except ConfigError as error:
-            _fail(str(error))
+            raise UserError(f"workdir not found: {args.workdir}")
+        config = read_config(os.path.join(args.workdir, "config.json"))
 
+    from jaxdl.experiment import build_experiment
+    from jaxdl.parallel import initialize_distributed
     from jaxdl.train import Trainer
 
-    experiment = _build(config)
-    trainer = Trainer(experiment, args.workdir)
+    initialize_distributed(config.get("distributed"))
+    experiment = build_experiment(config)
     if args.command == "train":
+        trainer = Trainer(experiment, args.workdir, allow_config_change=args.allow_config_change)
         trainer.fit()
     else:
-        trainer.evaluate_checkpoint(args.split)
+        Trainer(experiment, args.workdir).evaluate_checkpoint(args.split)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = _parser().parse_known_args(argv)
+    from jaxdl.errors import UserError
+
+    try:
+        return _run(args, extra)
+    except UserError as error:
+        _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
 from jaxdl.cli import main
 from jaxdl.models import get_model
 from jaxdl.parallel import aot, make_mesh
+from jaxdl.train.compile import compile_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -91,7 +92,7 @@ def _lenet_report(sizes):
     mesh = make_mesh(sizes, jax.devices()[:8])
     example = jax.ShapeDtypeStruct((28, 28, 1), jnp.float32)
     model = get_model("lenet5", num_classes=10)
-    return aot.compile_train_step(model, optax.adam(1e-3), mesh, 16, example)
+    return compile_train_step(model, optax.adam(1e-3), mesh, 16, example)
 
 
 def test_per_device_state_memory_shrinks_with_the_fsdp_degree():
@@ -116,7 +117,7 @@ def _lm_report(scan_layers):
     )
     mesh = make_mesh({"fsdp": 4}, jax.devices()[:4])
     example = jax.ShapeDtypeStruct((16,), jnp.int32)
-    return aot.compile_train_step(model, optax.adamw(1e-3), mesh, 8, example)
+    return compile_train_step(model, optax.adamw(1e-3), mesh, 8, example)
 
 
 def test_scanned_layers_count_loop_bodies_by_their_trip_count():
@@ -207,6 +208,4 @@ def test_a_step_too_large_for_hbm_is_reported_as_not_fitting():
     )
     mesh = make_mesh({"data": 4}, devices)
     with pytest.raises(aot.DoesNotFitError, match="does not fit on TPU v5 lite"):
-        aot.compile_train_step(
-            model, optax.sgd(0.1), mesh, 4, jax.ShapeDtypeStruct((8,), jnp.int32)
-        )
+        compile_train_step(model, optax.sgd(0.1), mesh, 4, jax.ShapeDtypeStruct((8,), jnp.int32))

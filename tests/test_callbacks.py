@@ -19,8 +19,8 @@ def test_max_mode_tracks_the_highest_value_and_its_epoch():
     results = feed(stopper, [0.5, 0.7, 0.6, 0.8, 0.8])
     assert [improved for improved, _ in results] == [True, True, False, True, False]
     assert stopper.best == 0.8
-    assert stopper.best_epoch == 3
-    assert stopper.epochs_without_improvement == 1
+    assert stopper.best_step == 3
+    assert stopper.evaluations_without_improvement == 1
 
 
 def test_min_mode_tracks_the_lowest_value_and_its_epoch():
@@ -28,7 +28,7 @@ def test_min_mode_tracks_the_lowest_value_and_its_epoch():
     results = feed(stopper, [1.0, 0.8, 0.9, 0.5, 0.7], monitor="val_loss")
     assert [improved for improved, _ in results] == [True, True, False, True, False]
     assert stopper.best == 0.5
-    assert stopper.best_epoch == 3
+    assert stopper.best_step == 3
 
 
 @pytest.mark.parametrize("patience", [0, 1, 3])
@@ -46,15 +46,15 @@ def test_improvement_resets_the_patience_count():
     stopper = EarlyStopping(mode="max", patience=2)
     results = feed(stopper, [0.5, 0.4, 0.4, 0.6, 0.4, 0.4, 0.4])
     assert [stop for _, stop in results] == [False] * 6 + [True]
-    assert stopper.best_epoch == 3
+    assert stopper.best_step == 3
 
 
 def test_patience_none_never_stops_but_still_tracks_the_best():
     stopper = EarlyStopping(mode="max", patience=None)
     results = feed(stopper, [0.9] + [0.1] * 200)
     assert not any(stop for _, stop in results)
-    assert stopper.best == 0.9 and stopper.best_epoch == 0
-    assert stopper.epochs_without_improvement == 200
+    assert stopper.best == 0.9 and stopper.best_step == 0
+    assert stopper.evaluations_without_improvement == 200
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_improvement_must_exceed_min_delta(mode, values, expected_improved):
 def test_an_equal_value_is_not_an_improvement():
     stopper = EarlyStopping(mode="max")
     assert feed(stopper, [0.5, 0.5])[1] == (False, False)
-    assert stopper.best_epoch == 0
+    assert stopper.best_step == 0
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])
@@ -88,7 +88,7 @@ def test_non_finite_values_never_count_as_improvement(mode, bad):
     results = [stopper.update(epoch, {"m": bad}) for epoch in (2, 3)]
     assert [improved for improved, _ in results] == [False, False]
     assert results[-1][1] is True  # two non-finite epochs exhaust patience=1
-    assert stopper.best == 0.5 and stopper.best_epoch == 1
+    assert stopper.best == 0.5 and stopper.best_step == 1
 
 
 def test_min_mode_matches_flax_early_stopping_until_the_first_stop():
@@ -130,8 +130,8 @@ def test_load_empty_state_dict_resets_to_fresh():
     stopper.load_state_dict({})
     assert stopper.state_dict() == {
         "best": None,
-        "best_epoch": None,
-        "epochs_without_improvement": 0,
+        "best_step": None,
+        "evaluations_without_improvement": 0,
     }
 
 

@@ -90,11 +90,21 @@ def test_config_file_without_get_config_exits_2_naming_it(tmp_path):
     assert_usage_error(result, "get_config")
 
 
-def test_config_file_raising_exits_2_without_traceback(tmp_path):
+def test_a_bug_in_a_config_file_keeps_its_traceback_and_exits_1(tmp_path):
     path = tmp_path / "raises.py"
-    path.write_text("def get_config(arg=None):\n    raise RuntimeError('boom')\n")
+    path.write_text("def get_config(arg=None):\n    return 1 / 0\n")
     result = run_jaxdl("train", "--config", str(path), "--workdir", str(tmp_path / "run"))
-    assert_usage_error(result, "boom")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
+    assert str(path) in result.stderr  # the frame in the user's file is shown
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_argument_error_raised_by_the_file_stays_one_line(tmp_path):
+    result = run_jaxdl(
+        "train", "--config", f"{DIGITS}:depth=deep", "--workdir", str(tmp_path / "run")
+    )
+    assert_usage_error(result, "depth")
 
 
 def test_train_without_config_exits_2_naming_the_flag(tmp_path):

@@ -7,7 +7,6 @@ import pytest
 
 from jaxdl.models import get_model
 from jaxdl.parallel import make_mesh
-from jaxdl.parallel.aot import compile_train_step
 from jaxdl.parallel.collectives import (
     collective_report,
     data_parallel_minimum_bytes,
@@ -16,6 +15,7 @@ from jaxdl.parallel.collectives import (
     parse_hlo_module,
     type_bytes,
 )
+from jaxdl.train.compile import compile_train_step
 
 # Every spelling the parser must understand: three replica-group syntaxes plus empty groups,
 # an async all-gather pair, a tuple (combined) all-reduce, a fusion that calls a collective, a

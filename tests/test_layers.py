@@ -1,4 +1,10 @@
-"""Tests for jaxdl.layers: logical axis names, flat param trees, norm behaviour, bad input."""
+"""Tests for jaxdl.layers: logical axis names, flat param trees, norm behaviour, bad input,
+the ``train`` call convention and standalone use of the blocks."""
+
+import ast
+import dataclasses
+import inspect
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -6,12 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxdl.layers
 from jaxdl.layers import (
     CONV_KERNEL_AXES,
     NORM_KINDS,
+    BasicBlock,
+    Bottleneck,
     Conv,
     Dense,
     Identity,
+    TransformerBlock,
+    TransformerStack,
     check_image_batch,
     make_norm,
 )
@@ -167,3 +178,125 @@ def test_check_image_batch_rejects_bad_rank_and_integer_images():
         check_image_batch(jnp.ones((2, 2, 1)), "M")
     with pytest.raises(TypeError, match="floating-point"):
         check_image_batch(jnp.ones((1, 2, 2, 1), jnp.int32), "M")
+
+
+# The exported layers whose behaviour depends on train (dropout, batch norm).
+TRAIN_AWARE_LAYERS = {
+    "BasicBlock",
+    "Bottleneck",
+    "MlpBlock",
+    "MultiHeadAttention",
+    "TransformerBlock",
+    "TransformerStack",
+}
+
+
+def _exported_modules(namespace) -> dict[str, type[nn.Module]]:
+    return {
+        name: obj
+        for name in namespace.__all__
+        if isinstance(obj := getattr(namespace, name), type) and issubclass(obj, nn.Module)
+    }
+
+
+def test_every_layer_takes_train_as_a_required_keyword_only_call_argument():
+    modules = _exported_modules(jaxdl.layers)
+    takes_train = {
+        name
+        for name, cls in modules.items()
+        if "train" in inspect.signature(cls.__call__).parameters
+    }
+    assert takes_train == TRAIN_AWARE_LAYERS
+    for name in takes_train:
+        train = inspect.signature(modules[name].__call__).parameters["train"]
+        assert train.kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert train.default is inspect.Parameter.empty, name
+    # No module configures train-time behaviour (or nn.scan plumbing) through a field.
+    for name, cls in modules.items():
+        fields = {field.name for field in dataclasses.fields(cls)}
+        assert not fields & {"train", "deterministic", "scanned"}, name
+    # make_norm is a factory: it takes train (keyword-only) when building the norm.
+    train = inspect.signature(make_norm).parameters["train"]
+    assert train.kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_layers_import_nothing_from_models_train_data_or_cli():
+    forbidden = tuple(f"jaxdl.{name}" for name in ("models", "train", "data", "cli"))
+    for path in Path(jaxdl.layers.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path.name}: relative import"
+                modules = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                assert not module.startswith(forbidden), f"{path.name} imports {module}"
+
+
+def test_transformer_block_works_standalone_outside_a_mesh():
+    assert not nn.get_logical_axis_rules()
+    assert jax.sharding.get_abstract_mesh().empty
+    x = jax.random.normal(KEY, (2, 5, 16))
+    mask = jnp.array([[True] * 5, [True] * 3 + [False] * 2])
+    block = TransformerBlock(num_heads=2, mlp_dim=32, causal=False, dropout_rate=0.5)
+    variables = jax.jit(lambda: block.init(KEY, x, mask, train=False))()
+    assert set(variables["params"]) == {"attn_norm", "attention", "mlp_norm", "mlp"}
+    assert _names(variables["params"])["attention/query/kernel"] == ("embed", "heads", "kv")
+    apply = jax.jit(lambda x: block.apply(variables, x, mask, train=False))
+
+    out = apply(x)
+    assert isinstance(out, jax.Array)  # a plain array: no (carry, None) pair for nn.scan
+    assert out.shape == x.shape
+    # Padded keys are hidden from the real positions ...
+    noise = jax.random.normal(jax.random.key(3), (16,))  # not a constant: LayerNorm removes that
+    np.testing.assert_allclose(apply(x.at[1, 4].add(noise))[1, :3], out[1, :3], atol=1e-5)
+    # ... whereas real ones are not (the control).
+    assert not np.allclose(apply(x.at[1, 2].add(noise))[1, :2], out[1, :2], atol=1e-4)
+    dropped = block.apply(variables, x, mask, train=True, rngs={"dropout": KEY})
+    assert not np.allclose(dropped, out)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
+def test_transformer_stack_works_standalone_outside_a_mesh(scan_layers):
+    x = jax.random.normal(KEY, (2, 5, 16))
+    stack = TransformerStack(
+        num_layers=2, num_heads=2, mlp_dim=32, causal=True, scan_layers=scan_layers
+    )
+    variables = jax.jit(lambda: stack.init(KEY, x, train=False))()
+    params = nn.unbox(variables["params"])
+    if scan_layers:
+        assert set(params) == {"layers", "final_norm"}
+        assert params["layers"]["mlp"]["wi"]["kernel"].shape == (2, 16, 32)
+        assert _names(variables["params"])["layers/mlp/wi/kernel"] == ("layers", "embed", "mlp")
+    else:
+        assert set(params) == {"layers_0", "layers_1", "final_norm"}
+    out = stack.apply(variables, x, train=False)
+    assert out.shape == x.shape
+    np.testing.assert_array_equal(
+        stack.clone(remat_policy="full").apply(variables, x, train=False), out
+    )
+
+
+@pytest.mark.parametrize(
+    ("block", "channels", "updated_norms"),
+    [
+        (BasicBlock(features=8, strides=2), 4, {"norm1", "norm2", "proj_norm"}),
+        # Not zero-initialised: that identity block would give relu(x) in both modes.
+        (Bottleneck(features=2, zero_init_residual=False), 8, {"norm1", "norm2", "norm3"}),
+    ],
+    ids=["basic", "bottleneck"],
+)
+def test_resnet_blocks_work_standalone_outside_a_mesh(block, channels, updated_norms):
+    assert not nn.get_logical_axis_rules()
+    x = jax.random.normal(KEY, (2, 6, 6, channels))
+    variables = block.init(KEY, x, train=False)
+    assert set(variables["batch_stats"]) == updated_norms
+    assert _names(variables["params"])["conv1/kernel"] == CONV_KERNEL_AXES
+    out = block.apply(variables, x, train=False)
+    size = 6 // block.strides
+    assert out.shape == (2, size, size, block.features * block.expansion)
+    train_out, updates = block.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert set(updates["batch_stats"]) == updated_norms
+    assert not np.allclose(train_out, out)  # batch statistics differ from the fresh running ones

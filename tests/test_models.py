@@ -1,5 +1,6 @@
 """Tests for jaxdl.models: registry, shapes/dtypes, param counts, logical names, BN, bridges."""
 
+import inspect
 import math
 
 import flax.linen as nn
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import jaxdl.layers
+import jaxdl.models
 from jaxdl.models import (
     VGG,
     BasicBlock,
@@ -284,6 +287,43 @@ def test_zero_init_residual_makes_initial_branch_contribute_nothing(block, chann
         np.testing.assert_allclose(out, x, atol=1e-6)  # relu(x + 0) == x for x >= 0
     plain_params = nn.unbox(block.clone(zero_init_residual=False).init(KEY, x, train=False))
     np.testing.assert_array_equal(plain_params["params"][last_norm]["scale"], 1.0)
+
+
+def _train_argument(module_class: type[nn.Module]) -> inspect.Parameter:
+    return inspect.signature(module_class.__call__).parameters["train"]
+
+
+def test_every_model_and_block_takes_train_as_a_required_keyword_only_argument():
+    classes = {
+        getattr(factory, "func", factory)
+        for name, factory in registry._REGISTRY.items()
+        if getattr(factory, "func", factory).__module__.startswith("jaxdl.models.")
+    }
+    classes |= {
+        obj
+        for name in jaxdl.models.__all__
+        if isinstance(obj := getattr(jaxdl.models, name), type) and issubclass(obj, nn.Module)
+    }
+    assert {cls.__name__ for cls in classes} >= {
+        "BasicBlock",
+        "Bottleneck",
+        "LeNet5",
+        "ResNet",
+        "TransformerBlock",
+        "TransformerClassifier",
+        "TransformerLM",
+        "TransformerStack",
+        "VGG",
+    }
+    for cls in classes:
+        assert _train_argument(cls).kind is inspect.Parameter.KEYWORD_ONLY, cls
+        assert _train_argument(cls).default is inspect.Parameter.empty, cls
+
+
+def test_blocks_are_defined_in_layers_and_re_exported_by_models():
+    for name in ("BasicBlock", "Bottleneck", "TransformerBlock", "TransformerStack"):
+        assert getattr(jaxdl.models, name) is getattr(jaxdl.layers, name)
+        assert getattr(jaxdl.layers, name).__module__.startswith("jaxdl.layers.")
 
 
 def test_registry_rejects_unknown_names_and_kwargs():

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxdl.experiment import global_batch_size
 from jaxdl.models import get_model
 from jaxdl.parallel import batch_sharding, make_mesh, shard_batch
 from jaxdl.train import (
@@ -15,7 +16,6 @@ from jaxdl.train import (
     make_eval_step,
     make_train_step,
 )
-from jaxdl.train.experiment import global_batch_size
 
 
 def _setup(microbatches, mesh_sizes=None):

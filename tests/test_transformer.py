@@ -18,6 +18,7 @@ from jaxdl.layers import (
     LearnedPositionEmbedding,
     MlpBlock,
     MultiHeadAttention,
+    TransformerStack,
     dropout_attention,
     sinusoidal_positions,
 )
@@ -117,6 +118,34 @@ def test_classifier_output_ignores_trailing_padding(pooling, classifier_variable
     assert not np.allclose(_eval_logits(model, classifier_variables, other), logits, atol=1e-4)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _masked_eval_logits(model, variables, tokens, padding_mask):
+    return model.apply(variables, tokens, padding_mask, train=False)
+
+
+def test_classifier_explicit_padding_mask_matches_the_derived_one(classifier_variables):
+    model = _classifier()
+    derived = _eval_logits(model, classifier_variables, PADDED)
+    mask = PADDED != 0  # pad_id
+    for explicit in (mask, mask.astype(jnp.int32)):  # bool or int, nonzero = real token
+        np.testing.assert_allclose(
+            _masked_eval_logits(model, classifier_variables, PADDED, explicit), derived, atol=1e-6
+        )
+    # Masking out a real token changes the output ...
+    masked = mask.at[:, 1].set(False)
+    masked_logits = _masked_eval_logits(model, classifier_variables, PADDED, masked)
+    assert not np.allclose(masked_logits, derived, atol=1e-4)
+    # ... as does marking the pad_id positions as real: the explicit mask, not pad_id, decides.
+    all_real = jnp.ones_like(PADDED)
+    assert not np.allclose(
+        _masked_eval_logits(model, classifier_variables, PADDED, all_real), derived, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="padding_mask must be shaped like tokens"):
+        model.apply(classifier_variables, PADDED, mask[:, :4], train=False)
+    with pytest.raises(TypeError, match="padding_mask must be bool or int"):
+        model.apply(classifier_variables, PADDED, mask.astype(jnp.float32), train=False)
+
+
 def _unstack_layers(params, num_layers: int):
     """Scanned params (leading 'layers' axis under <stack>/layers) -> unrolled layers_i."""
     params = nn.unbox(params)
@@ -210,6 +239,34 @@ def test_remat_policies_give_the_same_loss_and_grads_as_no_remat(policy):
     np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads
+    )
+
+
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
+def test_stack_remat_gives_the_same_loss_and_grads_with_and_without_scan(scan_layers):
+    x = jax.random.normal(KEY, (2, 6, 16))
+    mask = jnp.array([[True] * 6, [True] * 4 + [False] * 2])
+    stack = TransformerStack(
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=32,
+        causal=False,
+        dropout_rate=0.1,
+        scan_layers=scan_layers,
+    )
+    params = nn.unbox(jax.jit(lambda: stack.init(KEY, x, mask, train=False))()["params"])
+
+    def loss(model, p):
+        out = model.apply({"params": p}, x, mask, train=True, rngs={"dropout": KEY})
+        return jnp.mean(out**2)
+
+    base_loss, base_grads = jax.jit(jax.value_and_grad(functools.partial(loss, stack)))(params)
+    remat = stack.clone(remat_policy="dots_saveable")
+    assert "remat" in str(jax.make_jaxpr(jax.grad(functools.partial(loss, remat)))(params))
+    remat_loss, remat_grads = jax.jit(jax.value_and_grad(functools.partial(loss, remat)))(params)
+    np.testing.assert_allclose(remat_loss, base_loss, rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, base_grads
     )
 
 
@@ -348,6 +405,18 @@ def test_sinusoidal_positions_follow_the_sin_cos_formula():
         (lambda: _classifier(num_classes=0), ValueError, "num_classes"),
         (lambda: MlpBlock(8, activation="swish"), ValueError, "activation"),
         (lambda: MultiHeadAttention(num_heads=0, head_dim=4), ValueError, "num_heads"),
+        (
+            lambda: TransformerStack(
+                num_layers=2, num_heads=2, mlp_dim=8, causal=True, remat_policy="some"
+            ),
+            ValueError,
+            "remat_policy",
+        ),
+        (
+            lambda: TransformerStack(num_layers=0, num_heads=2, mlp_dim=8, causal=True),
+            ValueError,
+            "num_layers",
+        ),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(make, error, message):

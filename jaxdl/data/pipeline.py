@@ -1,44 +1,56 @@
-"""grain input pipelines: an infinite sharded checkpointable train loader, padded eval batches."""
+"""grain input pipelines over record sources: an infinite sharded checkpointable train loader and
+padded, masked evaluation batches.
+
+Both read any random-access record source (``jaxdl.data.records``) one record at a time and keep
+the fields the task's batch spec names, cast to the spec's dtypes (token ids stay integers), so
+the same loaders feed images, token sequences and language-model windows.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
 
+from jaxdl.data.records import ArraySource, Record, RecordSource
 from jaxdl.data.sources import ArrayDataset
 
 Batch = dict[str, np.ndarray]
 
+# The batch of an ``ArrayDataset`` (images and class labels) when no spec is given.
+IMAGE_FIELDS = {"inputs": np.float32, "labels": np.int32}
 
-class _RecordSource:
-    """grain random-access source yielding {'inputs': float32 [...], 'labels': int32 []} records.
 
-    `__repr__` describes the data rather than the object id because grain compares source reprs
-    when restoring iterator state, so a fresh loader over the same data must match.
-    """
+def _field_dtype(field: Any) -> np.dtype:
+    """A spec entry is a dtype or a ``jaxdl.tasks.Field`` (anything with ``.dtype``)."""
+    if isinstance(field, type | str | np.dtype):
+        return np.dtype(field)
+    return np.dtype(field.dtype)
 
-    def __init__(self, dataset: ArrayDataset):
-        self._inputs = dataset.inputs
-        self._labels = dataset.labels
 
-    def __len__(self) -> int:
-        return len(self._labels)
+def _pad_value(field: Any) -> Any:
+    return getattr(field, "pad_value", 0)
 
-    def __getitem__(self, index: int) -> Batch:
-        return {
-            "inputs": np.asarray(self._inputs[index], dtype=np.float32),
-            "labels": np.asarray(self._labels[index], dtype=np.int32),
-        }
 
-    def __repr__(self) -> str:
-        return (
-            f"_RecordSource(num_records={len(self)}, input_shape={self._inputs.shape[1:]}, "
-            f"input_dtype={self._inputs.dtype})"
-        )
+def as_source(data: ArrayDataset | RecordSource) -> RecordSource:
+    """An ``ArrayDataset`` as a record source of ``{'inputs', 'labels'}``; sources pass through."""
+    if isinstance(data, ArrayDataset):
+        return ArraySource(inputs=data.inputs, labels=data.labels)
+    return data
+
+
+class _SelectFields(grain.transforms.Map):
+    """Keeps the spec's fields of a record, cast to the spec's dtypes."""
+
+    def __init__(self, spec: Mapping[str, Any]):
+        self._dtypes = {name: _field_dtype(field) for name, field in spec.items()}
+
+    def map(self, record: Record) -> Record:
+        return {name: np.asarray(record[name], dtype) for name, dtype in self._dtypes.items()}
 
 
 def _check_positive(**values: int) -> None:
@@ -48,80 +60,101 @@ def _check_positive(**values: int) -> None:
 
 
 def make_train_loader(
-    dataset: ArrayDataset,
+    data: ArrayDataset | RecordSource,
     *,
     batch_size: int,
     seed: int,
+    spec: Mapping[str, Any] | None = None,
     shard_index: int = 0,
     shard_count: int = 1,
     worker_count: int = 0,
 ) -> grain.DataLoader:
-    """Infinite training loader yielding {'inputs': float32 [B, ...], 'labels': int32 [B]}.
+    """Infinite training loader yielding batches of the ``spec`` fields ([B, ...] each).
 
-    Every epoch the dataset is reshuffled with `seed` (which must be equal on all processes) and
-    process `shard_index` of `shard_count` (normally jax.process_index/process_count) takes
-    every `shard_count`-th record, so per epoch the processes see disjoint records. Batches hold
-    `batch_size` records (the per-process batch) and run across epoch boundaries. Iterators
-    support `get_state()`/`set_state()` for exact resumption.
+    Every epoch the source is reshuffled with ``seed`` (equal on all processes) and process
+    ``shard_index`` of ``shard_count`` (normally jax.process_index/process_count) takes every
+    ``shard_count``-th record, so per epoch the processes see disjoint records. Batches hold
+    ``batch_size`` records (the per-process batch) and run across epoch boundaries. Iterators
+    support ``get_state()``/``set_state()`` for exact resumption. ``spec`` defaults to
+    ``IMAGE_FIELDS`` for an ``ArrayDataset``.
     """
     _check_positive(batch_size=batch_size, shard_count=shard_count)
     if worker_count < 0:
         raise ValueError(f"worker_count must be >= 0, got {worker_count}")
-    if len(dataset) < shard_count:
-        raise ValueError(f"cannot shard {len(dataset)} examples over {shard_count} processes")
+    source = as_source(data)
+    if len(source) < shard_count:
+        raise ValueError(f"cannot shard {len(source)} examples over {shard_count} processes")
+    if spec is None and isinstance(data, ArrayDataset):
+        spec = IMAGE_FIELDS
     if worker_count > 0:
         # grain worker processes read absl flags, which fail if never parsed.
         flags.FLAGS.mark_as_parsed()
-    # The sampler shuffles the whole dataset (a new permutation each epoch) and the loader hands
+    # The sampler shuffles the whole source (a new permutation each epoch) and the loader hands
     # process i every shard_count-th record of that sequence, so processes draw disjoint records
     # that mix all classes even when the data is stored sorted by class.
     sampler = grain.samplers.IndexSampler(
-        num_records=len(dataset),
+        num_records=len(source),
         shard_options=grain.sharding.NoSharding(),
         shuffle=True,
         num_epochs=None,
         seed=seed,
     )
+    operations = [_SelectFields(spec)] if spec is not None else []
+    operations.append(grain.transforms.Batch(batch_size=batch_size, drop_remainder=True))
     return grain.DataLoader(
-        data_source=_RecordSource(dataset),
+        data_source=source,
         sampler=sampler,
-        operations=[grain.transforms.Batch(batch_size=batch_size, drop_remainder=True)],
+        operations=operations,
         worker_count=worker_count,
         shard_options=grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count),
     )
 
 
 def iterate_eval_batches(
-    dataset: ArrayDataset, *, batch_size: int, shard_index: int = 0, shard_count: int = 1
+    data: ArrayDataset | RecordSource,
+    *,
+    batch_size: int,
+    spec: Mapping[str, Any] | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
 ) -> Iterator[Batch]:
-    """Yields {'inputs' [B, ...], 'labels' int32 [B], 'mask' float32 [B]} covering this shard once.
+    """Yields the spec's fields [B, ...] plus ``mask`` float32 [B], covering this shard once.
 
-    Example i belongs to shard i % shard_count. Short batches are zero-padded to `batch_size`
-    (mask 0 on padding) so jit sees one shape, and every shard yields the same number of
-    batches so multi-process collectives stay in step.
+    Example i belongs to shard i % shard_count. Short batches are padded to ``batch_size`` with
+    each field's pad value (mask 0 on padding) so jit sees one shape, and every shard yields the
+    same number of batches so multi-process collectives stay in step.
     """
     _check_positive(batch_size=batch_size, shard_count=shard_count)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-    shard = grain.MapDataset.source(_RecordSource(dataset))[shard_index::shard_count]
-    largest_shard = math.ceil(len(dataset) / shard_count)
+    source = as_source(data)
+    if spec is None:
+        spec = IMAGE_FIELDS if isinstance(data, ArrayDataset) else _spec_of(source[0])
+    select = _SelectFields(spec)
+    shard = grain.MapDataset.source(source)[shard_index::shard_count].map(select)
+    largest_shard = math.ceil(len(source) / shard_count)
     num_batches = math.ceil(largest_shard / batch_size)
     # When this shard runs out before the largest one, it pads with all-padding batches.
-    empty = {
-        "inputs": np.zeros((0, *dataset.inputs.shape[1:]), np.float32),
-        "labels": np.zeros((0,), np.int32),
-    }
+    example = select.map(source[0])
+    empty = {name: np.zeros((0, *value.shape), value.dtype) for name, value in example.items()}
+    pad_values = {name: _pad_value(field) for name, field in spec.items()}
     batches = iter(shard.batch(batch_size, drop_remainder=False))
     for _ in range(num_batches):
-        yield _pad_batch(next(batches, empty), batch_size)
+        yield _pad_batch(next(batches, empty), batch_size, pad_values)
 
 
-def _pad_batch(batch: Batch, batch_size: int) -> Batch:
-    """Zero-pads 'inputs'/'labels' [n, ...] to [batch_size, ...] and adds the float32 mask [B]."""
-    num_real = len(batch["labels"])
+def _spec_of(record: Record) -> dict[str, np.dtype]:
+    return {name: np.asarray(value).dtype for name, value in record.items()}
+
+
+def _pad_batch(batch: Batch, batch_size: int, pad_values: Mapping[str, Any]) -> Batch:
+    """Pads every field [n, ...] to [batch_size, ...] with its pad value; adds ``mask`` [B]."""
+    num_real = len(next(iter(batch.values())))
     padding = batch_size - num_real
     padded = {
-        key: np.concatenate([value, np.zeros((padding, *value.shape[1:]), value.dtype)])
+        key: np.concatenate(
+            [value, np.full((padding, *value.shape[1:]), pad_values.get(key, 0), value.dtype)]
+        )
         for key, value in batch.items()
     }
     padded["mask"] = (np.arange(batch_size) < num_real).astype(np.float32)
@@ -129,6 +162,6 @@ def _pad_batch(batch: Batch, batch_size: int) -> Batch:
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-    """Number of full global batches in one pass over `num_examples` (floor, at least 1)."""
+    """Number of full global batches in one pass over ``num_examples`` (floor, at least 1)."""
     _check_positive(num_examples=num_examples, global_batch_size=global_batch_size)
     return max(1, num_examples // global_batch_size)

@@ -221,6 +221,11 @@ _REGISTRY: dict[str, Callable[..., ArrayDataset]] = {
 }
 
 
+def image_dataset_names() -> list[str]:
+    """Names ``get_dataset`` accepts."""
+    return sorted(_REGISTRY)
+
+
 def get_dataset(name: str, **kwargs: Any) -> ArrayDataset:
     """Builds a registered dataset by name ('digits', 'image_folder', 'hf_image')."""
     if name not in _REGISTRY:

@@ -1,4 +1,9 @@
-"""Reusable Flax Linen building blocks whose parameters carry logical axis names."""
+"""Reusable Flax Linen building blocks whose parameters carry logical axis names.
+
+Convention: every layer or block that behaves differently in training takes ``train`` as a
+keyword-only call argument, ``__call__(x, ..., *, train: bool)`` (``make_norm``, a factory,
+takes it when building the norm). Nothing here imports from models/train/data/cli.
+"""
 
 from jaxdl.layers.attention import MultiHeadAttention, dropout_attention
 from jaxdl.layers.conv import CONV_BIAS_AXES, CONV_KERNEL_AXES, Conv, he_normal_fan_out
@@ -11,12 +16,16 @@ from jaxdl.layers.embeddings import (
 )
 from jaxdl.layers.mlp import MlpBlock
 from jaxdl.layers.normalization import NORM_KINDS, GroupNorm, Identity, make_norm
+from jaxdl.layers.resnet_blocks import BasicBlock, Bottleneck
+from jaxdl.layers.transformer import TransformerBlock, TransformerStack
 from jaxdl.layers.validation import check_image_batch
 
 __all__ = [
     "CONV_BIAS_AXES",
     "CONV_KERNEL_AXES",
     "NORM_KINDS",
+    "BasicBlock",
+    "Bottleneck",
     "Conv",
     "Dense",
     "classifier_head",
@@ -27,6 +36,8 @@ __all__ = [
     "MlpBlock",
     "MultiHeadAttention",
     "SinusoidalPositionEmbedding",
+    "TransformerBlock",
+    "TransformerStack",
     "check_image_batch",
     "dropout_attention",
     "he_normal_fan_out",

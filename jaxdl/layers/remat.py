@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
@@ -14,3 +15,32 @@ def checkpoint_policy(name: str) -> Any:
     if name not in REMAT_POLICIES or name == "none":
         raise ValueError(f"remat policy must be one of {REMAT_POLICIES[1:]}, got {name!r}")
     return None if name == "full" else getattr(jax.checkpoint_policies, name)
+
+
+def _call_with_positional_train(block: nn.Module, *args: Any) -> Any:
+    """``block(*inputs, train=train)`` for ``args = (*inputs, train)``.
+
+    ``jax.checkpoint`` traces keyword arguments, and ``static_argnums`` can only name positional
+    ones, so the Python bool ``train`` is moved to the end of the positional arguments here.
+    """
+    *inputs, train = args
+    return block(*inputs, train=train)
+
+
+def remat_call(
+    block: nn.Module, *inputs: Any, train: bool, policy: str, prevent_cse: bool = True
+) -> Any:
+    """Call ``block(*inputs, train=train)`` under ``nn.remat`` with the named ``policy``.
+
+    ``block`` is a (named) submodule created in the caller's compact method; its parameters stay
+    where an un-rematted call would put them, and ``train`` is a static argument. ``inputs``
+    are positional (arrays or None). ``prevent_cse=False`` is only safe inside ``nn.scan``.
+    """
+    rematted = nn.remat(
+        _call_with_positional_train,
+        policy=checkpoint_policy(policy),
+        prevent_cse=prevent_cse,
+        # Index 0 is the module itself, then the inputs, then train.
+        static_argnums=(len(inputs) + 1,),
+    )
+    return rematted(block, *inputs, train)

@@ -1,14 +1,14 @@
-"""Image model families, registered by name (see ``get_model``/``available_models``)."""
+"""Model families, registered by name (see ``get_model``/``available_models``).
 
+The blocks (BasicBlock, Bottleneck, TransformerBlock, TransformerStack) are defined in
+``jaxdl.layers`` and re-exported here.
+"""
+
+from jaxdl.layers import BasicBlock, Bottleneck, TransformerBlock, TransformerStack
 from jaxdl.models.cnn import VGG, LeNet5
 from jaxdl.models.registry import available_models, get_model, register_model
-from jaxdl.models.resnet import BasicBlock, Bottleneck, ResNet
-from jaxdl.models.transformer import (
-    TransformerBlock,
-    TransformerClassifier,
-    TransformerLM,
-    TransformerStack,
-)
+from jaxdl.models.resnet import ResNet
+from jaxdl.models.transformer import TransformerClassifier, TransformerLM
 
 __all__ = [
     "VGG",

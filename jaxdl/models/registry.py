@@ -63,3 +63,10 @@ def get_model(name: str, **kwargs) -> nn.Module:
             f"accepted: {sorted(_accepted_kwargs(factory))}"
         )
     return factory(**kwargs)
+
+
+def model_hyperparameters(name: str) -> set[str]:
+    """Keyword arguments the model registered as ``name`` accepts (so configs can be filled)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown model {name!r}; available: {', '.join(available_models())}")
+    return _accepted_kwargs(_REGISTRY[name])

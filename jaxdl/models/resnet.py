@@ -1,17 +1,19 @@
 """ResNet v1.5 for ImageNet (18/34/50/101/152) and CIFAR (6n+2: 20/32/56/110...) layouts."""
 
 import functools
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.layers import Conv, check_image_batch, classifier_head, he_normal_fan_out, make_norm
-from jaxdl.layers.remat import REMAT_POLICIES, checkpoint_policy
+from jaxdl.layers import check_image_batch, classifier_head, make_norm
+from jaxdl.layers.remat import REMAT_POLICIES, remat_call
+from jaxdl.layers.resnet_blocks import FEATURE_MAP_AXES, BasicBlock, Bottleneck, resnet_conv
 from jaxdl.models.registry import register_model
 
-FEATURE_MAP_AXES = ("batch", "height", "width", "channels")
+# BasicBlock and Bottleneck live in jaxdl.layers; re-exported here for existing imports.
+__all__ = ["IMAGENET_STAGE_SIZES", "STEMS", "BasicBlock", "Bottleneck", "ResNet"]
 
 IMAGENET_STAGE_SIZES: dict[int, tuple[int, ...]] = {
     18: (2, 2, 2, 2),
@@ -21,100 +23,6 @@ IMAGENET_STAGE_SIZES: dict[int, tuple[int, ...]] = {
     152: (3, 8, 36, 3),
 }
 STEMS = ("auto", "imagenet", "cifar")
-
-
-def _conv(features: int, kernel: int, strides: int, dtype: Any, param_dtype: Any, name: str):
-    """Bias-free conv with torch-style symmetric padding (k // 2), as torchvision's ResNet.
-
-    Explicit padding (not 'SAME') keeps strided convs aligned with torchvision weights.
-    """
-    pad = kernel // 2
-    return Conv(
-        features,
-        kernel_size=(kernel, kernel),
-        strides=strides,
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=he_normal_fan_out,
-        name=name,
-    )
-
-
-class _ResidualBlock(nn.Module):
-    """Residual block body shared by ``BasicBlock`` and ``Bottleneck``.
-
-    Subclasses define ``expansion`` and ``branch_convs`` (kernel, stride) per branch conv.
-    Every conv except the last is followed by norm + relu; the last by norm only, whose scale
-    starts at zero with ``zero_init_residual`` so the block starts as ``relu(shortcut(x))``.
-    A 1x1 conv + norm projection replaces the identity shortcut when the shape changes.
-    """
-
-    features: int
-    strides: int = 1
-    norm: str = "batch"
-    zero_init_residual: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    expansion: ClassVar[int] = 1
-
-    def branch_convs(self) -> list[tuple[int, int]]:
-        """(kernel size, stride) of each conv on the residual branch."""
-        raise NotImplementedError
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """[batch, H, W, C] -> [batch, H / strides, W / strides, features * expansion]."""
-        out_features = self.features * self.expansion
-        norm = functools.partial(
-            make_norm,
-            self.norm,
-            axis_name="conv_out",
-            train=train,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
-        convs = self.branch_convs()
-        y = x
-        for i, (kernel, strides) in enumerate(convs, start=1):
-            is_last = i == len(convs)
-            features = out_features if is_last else self.features
-            y = _conv(features, kernel, strides, self.dtype, self.param_dtype, f"conv{i}")(y)
-            zero_scale = is_last and self.zero_init_residual
-            scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-            y = norm(scale_init=scale_init, name=f"norm{i}")(y)
-            if not is_last:
-                y = nn.relu(y)
-
-        shortcut = x
-        if self.strides != 1 or x.shape[-1] != out_features:
-            shortcut = _conv(
-                out_features, 1, self.strides, self.dtype, self.param_dtype, "proj_conv"
-            )(x)
-            shortcut = norm(name="proj_norm")(shortcut)
-        return nn.with_logical_constraint(nn.relu(y + shortcut), FEATURE_MAP_AXES)
-
-
-class BasicBlock(_ResidualBlock):
-    """Two 3x3 convs (the first strided) plus shortcut; output channels = ``features``."""
-
-    expansion: ClassVar[int] = 1
-
-    def branch_convs(self) -> list[tuple[int, int]]:
-        """3x3/strides then 3x3/1."""
-        return [(3, self.strides), (3, 1)]
-
-
-class Bottleneck(_ResidualBlock):
-    """1x1 reduce -> 3x3 strided (v1.5) -> 1x1 expand, plus shortcut; out = 4 * ``features``."""
-
-    expansion: ClassVar[int] = 4
-
-    def branch_convs(self) -> list[tuple[int, int]]:
-        """1x1/1, 3x3/strides, 1x1/1."""
-        return [(1, 1), (3, self.strides), (1, 1)]
 
 
 @register_model("resnet")
@@ -170,7 +78,7 @@ class ResNet(nn.Module):
 
         x = x.astype(self.dtype)
         kernel, strides = (7, 2) if stem == "imagenet" else (3, 1)
-        x = _conv(width, kernel, strides, self.dtype, self.param_dtype, "stem_conv")(x)
+        x = resnet_conv(width, kernel, strides, self.dtype, self.param_dtype, "stem_conv")(x)
         x = make_norm(
             self.norm,
             axis_name="conv_out",
@@ -184,14 +92,9 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         x = nn.with_logical_constraint(x, FEATURE_MAP_AXES)
 
-        if self.remat_policy != "none":
-            # Recompute each block's activations in the backward pass (train is static).
-            block_cls = nn.remat(
-                block_cls, policy=checkpoint_policy(self.remat_policy), static_argnums=(2,)
-            )
         for stage, num_blocks in enumerate(stage_sizes):
             for index in range(num_blocks):
-                x = block_cls(
+                block = block_cls(
                     features=width * 2**stage,
                     strides=2 if stage > 0 and index == 0 else 1,
                     norm=self.norm,
@@ -199,7 +102,12 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"stage{stage + 1}_block{index + 1}",
-                )(x, train)
+                )
+                if self.remat_policy == "none":
+                    x = block(x, train=train)
+                else:
+                    # Recompute each block's activations in the backward pass (train is static).
+                    x = remat_call(block, x, train=train, policy=self.remat_policy)
 
         x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -1,9 +1,7 @@
 """Pre-LayerNorm Transformers: a causal language model and a sequence classifier.
 
-Built for scaling the MaxText way: every parameter and activation carries logical axis names;
-``scan_layers`` stacks the blocks with ``nn.scan`` (one compiled block, so compile time does not
-grow with depth; stacked params get a leading 'layers' axis); ``remat_policy`` trades memory for
-recomputation with ``jax.checkpoint`` policies.
+Both embed tokens and run a ``jaxdl.layers.TransformerStack`` (see there for ``scan_layers``
+and ``remat_policy``); every parameter and activation carries logical axis names.
 """
 
 import functools
@@ -17,141 +15,19 @@ from jaxdl.layers import (
     Dense,
     Embed,
     LearnedPositionEmbedding,
-    MlpBlock,
-    MultiHeadAttention,
     SinusoidalPositionEmbedding,
+    TransformerBlock,
+    TransformerStack,
     classifier_head,
-    make_norm,
 )
-from jaxdl.layers.remat import REMAT_POLICIES, checkpoint_policy
+from jaxdl.layers.remat import REMAT_POLICIES
 from jaxdl.models.registry import register_model
 
-EMBED_ACTIVATION_AXES = ("batch", "length", "embed")
+# TransformerBlock and TransformerStack live in jaxdl.layers; re-exported here for existing imports.
+__all__ = ["TransformerBlock", "TransformerClassifier", "TransformerLM", "TransformerStack"]
 
 POSITION_EMBEDDINGS = ("learned", "sinusoidal")
 POOLINGS = ("mean", "cls")
-
-
-class TransformerBlock(nn.Module):
-    """Pre-LN block: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))); [B, T, E] -> [B, T, E].
-
-    ``train`` is a field rather than a call argument so that ``nn.scan``/``nn.remat`` only see
-    array inputs; ``scanned`` makes the call return ``(x, None)``, the carry/output pair
-    ``nn.scan`` expects.
-    """
-
-    num_heads: int
-    mlp_dim: int
-    causal: bool
-    train: bool = False
-    dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scanned: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array, padding_mask: jax.Array | None = None):
-        """Apply the block to ``x`` [B, T, E]; ``padding_mask`` [B, T] bool hides padded keys."""
-        if x.shape[-1] % self.num_heads:
-            raise ValueError(
-                f"embed dim {x.shape[-1]} is not divisible by num_heads={self.num_heads}"
-            )
-        norm = functools.partial(
-            make_norm,
-            "layer",
-            axis_name="embed",
-            train=self.train,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
-        residual_dropout = nn.Dropout(self.dropout_rate, deterministic=not self.train)
-
-        y = norm(name="attn_norm")(x)
-        y = MultiHeadAttention(
-            num_heads=self.num_heads,
-            head_dim=x.shape[-1] // self.num_heads,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            dropout_rate=self.dropout_rate,
-            causal=self.causal,
-            name="attention",
-        )(y, padding_mask, train=self.train)
-        x = nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
-
-        y = norm(name="mlp_norm")(x)
-        y = MlpBlock(
-            self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="mlp",
-        )(y, train=self.train)
-        x = nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
-        return (x, None) if self.scanned else x
-
-
-class TransformerStack(nn.Module):
-    """``num_layers`` TransformerBlocks then a final LayerNorm: [B, T, E] -> [B, T, E].
-
-    With ``scan_layers`` the blocks live under ``layers`` with a leading [num_layers] axis
-    named 'layers'; otherwise under ``layers_0`` ... ``layers_{n-1}``. ``remat_policy``
-    (one of REMAT_POLICIES, 'none' = no remat) wraps each block in ``nn.remat``.
-    """
-
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    causal: bool
-    dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan_layers: bool = True
-    remat_policy: str = "none"
-
-    @nn.compact
-    def __call__(
-        self, x: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
-    ) -> jax.Array:
-        """Run the blocks over ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = token)."""
-        block = TransformerBlock
-        if self.remat_policy != "none":
-            # prevent_cse is only needed outside scan (MaxText does the same).
-            block = nn.remat(
-                block,
-                policy=checkpoint_policy(self.remat_policy),
-                prevent_cse=not self.scan_layers,
-            )
-        block_kwargs = {
-            "num_heads": self.num_heads,
-            "mlp_dim": self.mlp_dim,
-            "causal": self.causal,
-            "train": train,
-            "dropout_rate": self.dropout_rate,
-            "dtype": self.dtype,
-            "param_dtype": self.param_dtype,
-            "scanned": self.scan_layers,
-        }
-        if self.scan_layers:
-            scanned_blocks = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,),
-                length=self.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = scanned_blocks(**block_kwargs, name="layers")(x, padding_mask)
-        else:
-            for i in range(self.num_layers):
-                x = block(**block_kwargs, name=f"layers_{i}")(x, padding_mask)
-        return make_norm(
-            "layer",
-            axis_name="embed",
-            train=train,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="final_norm",
-        )(x)
 
 
 def _check_config(model: str, **fields: Any) -> None:
@@ -296,10 +172,11 @@ class TransformerLM(nn.Module):
 class TransformerClassifier(nn.Module):
     """Bidirectional encoder classifier: int tokens [B, T] -> float32 logits [B, num_classes].
 
-    Tokens equal to ``pad_id`` are masked out of attention and pooling, so trailing padding
-    does not change the output. ``pooling='mean'`` averages the non-pad positions; ``'cls'``
-    takes position 0 (the tokenizer's [CLS]). Head kernel [embed, classes] named
-    ('embed','classes').
+    Padding positions are masked out of attention and pooling, so trailing padding does not
+    change the output: by default the tokens equal to ``pad_id``, or those an explicit
+    ``padding_mask`` marks (see ``__call__``). ``pooling='mean'`` averages the non-pad
+    positions; ``'cls'`` takes position 0 (the tokenizer's [CLS]). Head kernel
+    [embed, classes] named ('embed','classes').
     """
 
     vocab_size: int
@@ -343,10 +220,33 @@ class TransformerClassifier(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, *, train: bool) -> jax.Array:
-        """Classify ``tokens`` [B, T]; returns float32 logits [B, num_classes]."""
+    def __call__(
+        self, tokens: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
+    ) -> jax.Array:
+        """Classify ``tokens`` [B, T]; returns float32 logits [B, num_classes].
+
+        ``padding_mask`` [B, T] (bool or int, nonzero = real token) marks the positions to
+        attend to and pool over; when None it is ``tokens != pad_id``. ``train`` enables
+        dropout (needs a 'dropout' rng).
+        """
         _check_tokens(tokens, self.max_len, "TransformerClassifier")
-        padding_mask = tokens != self.pad_id
+        if padding_mask is None:
+            padding_mask = tokens != self.pad_id
+        else:
+            padding_mask = jnp.asarray(padding_mask)
+            if padding_mask.shape != tokens.shape:
+                raise ValueError(
+                    f"TransformerClassifier padding_mask must be shaped like tokens "
+                    f"{tokens.shape}, got {padding_mask.shape}"
+                )
+            if not (
+                padding_mask.dtype == jnp.bool_ or jnp.issubdtype(padding_mask.dtype, jnp.integer)
+            ):
+                raise TypeError(
+                    f"TransformerClassifier padding_mask must be bool or int, "
+                    f"got dtype {padding_mask.dtype}"
+                )
+            padding_mask = padding_mask != 0
         x, _ = _embed_and_encode(
             self, tokens, padding_mask, causal=False, train=train, name="encoder"
         )

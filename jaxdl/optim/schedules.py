@@ -127,6 +127,27 @@ def _epochs_to_steps(name: str, epochs: float, steps_per_epoch: int) -> int:
     return max(1, round(epochs * steps_per_epoch))
 
 
+def _duration(
+    config: ml_collections.ConfigDict, base: str, steps_per_epoch: int, schedule_name: str | None
+) -> int:
+    """A duration given as ``<base>_epochs`` or ``<base>_steps`` (not both), in whole steps.
+
+    With ``schedule_name`` set the duration is required; otherwise a missing one is 0.
+    """
+    epochs, steps = config.get(f"{base}_epochs"), config.get(f"{base}_steps")
+    if epochs is not None and steps is not None and epochs != 0 and steps != 0:
+        raise ValueError(f"set either {base}_epochs or {base}_steps, not both")
+    if steps is not None and steps != 0:
+        return _require_int(f"{base}_steps", steps, 1)
+    if epochs is not None and epochs != 0:
+        return _epochs_to_steps(f"{base}_epochs", epochs, steps_per_epoch)
+    if schedule_name is not None:
+        raise ValueError(
+            f"schedule '{schedule_name}' requires config field '{base}_epochs' or '{base}_steps'"
+        )
+    return 0
+
+
 def _required(config: ml_collections.ConfigDict, field: str, schedule_name: str) -> float:
     """Fetch a field that the named schedule cannot do without."""
     value = config.get(field)
@@ -149,10 +170,13 @@ SCHEDULE_FIELDS = frozenset(
     [
         "name",
         "warmup_epochs",
+        "warmup_steps",
         "min_value",
         "step_size_epochs",
+        "step_size_steps",
         "gamma",
         "first_period_epochs",
+        "first_period_steps",
         "period_multiplier",
     ]
 )
@@ -170,7 +194,8 @@ def build_schedule(
     Fields: ``name`` (one of ``SCHEDULE_NAMES``), ``warmup_epochs`` (default 0), ``min_value``
     (cosine variants, default 0), ``step_size_epochs`` + ``gamma`` (step), ``gamma`` per epoch
     (exponential), ``first_period_epochs`` + ``period_multiplier`` (cosine_warm_restarts,
-    multiplier default 1). Durations are in epochs and rounded to whole steps (at least 1).
+    multiplier default 1). Every duration may be given in steps instead (``warmup_steps``,
+    ``step_size_steps``, ``first_period_steps``); epochs are rounded to whole steps (>= 1).
     The main schedule starts after warm-up; 'cosine' reaches ``min_value`` at ``total_steps``.
     """
     steps_per_epoch = _require_int("steps_per_epoch", steps_per_epoch, 1)
@@ -180,10 +205,7 @@ def build_schedule(
     if name not in SCHEDULE_NAMES:
         raise ValueError(f"unknown schedule name {name!r}; expected one of {SCHEDULE_NAMES}")
 
-    warmup_epochs = config.get("warmup_epochs", 0.0)
-    warmup_steps = 0
-    if warmup_epochs != 0:
-        warmup_steps = _epochs_to_steps("warmup_epochs", warmup_epochs, steps_per_epoch)
+    warmup_steps = _duration(config, "warmup", steps_per_epoch, None)
     decay_steps = total_steps - warmup_steps
     if decay_steps < 1:
         raise ValueError(f"warm-up ({warmup_steps} steps) must be shorter than {total_steps=}")
@@ -192,10 +214,9 @@ def build_schedule(
     if name == "constant":
         main = constant(base_learning_rate)
     elif name == "step":
-        step_size_epochs = _required(config, "step_size_epochs", name)
         main = step_decay(
             base_learning_rate,
-            _epochs_to_steps("step_size_epochs", step_size_epochs, steps_per_epoch),
+            _duration(config, "step_size", steps_per_epoch, name),
             _required(config, "gamma", name),
         )
     elif name == "exponential":
@@ -204,10 +225,9 @@ def build_schedule(
     elif name == "cosine":
         main = cosine_annealing(base_learning_rate, decay_steps, min_value)
     else:
-        first_period_epochs = _required(config, "first_period_epochs", name)
         main = cosine_warm_restarts(
             base_learning_rate,
-            _epochs_to_steps("first_period_epochs", first_period_epochs, steps_per_epoch),
+            _duration(config, "first_period", steps_per_epoch, name),
             config.get("period_multiplier", 1),
             min_value,
         )

@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of jaxdl's train step for a device topology one does not have.
 
-Compiles the real train step (``make_train_step`` under ``ShardedStep``, with the logical-axis
-rules) for a list of devices — fake CPU devices, or the TPU devices of
+Compiles a lowered train step (``jaxdl compile`` lowers exactly the step ``jaxdl train`` runs: both
+come from ``jaxdl.experiment.build_experiment``) for a list of devices — fake CPU devices, or the
+TPU devices of
 ``jax.experimental.topologies.get_topology_desc`` (needs libtpu, the ``tpu`` extra, but no TPU) —
 from abstract inputs only: the state is ``jax.eval_shape`` of the init, so no parameter is ever
 materialised and a pod's model compiles on a laptop. Reports what XLA decided for each device:
@@ -19,17 +20,14 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
+from jaxdl.errors import UserError
 from jaxdl.parallel.collectives import (
     CollectiveReport,
     collective_report,
@@ -38,8 +36,6 @@ from jaxdl.parallel.collectives import (
     parse_hlo_module,
     type_dims,
 )
-from jaxdl.parallel.mesh import make_mesh, mesh_sizes_from_config
-from jaxdl.parallel.rules import DEFAULT_RULES, Rules, batch_sharding, logical_to_shardings
 
 TPU_EXTRA_HINT = "install the tpu extra: pip install 'jaxdl[tpu]'"
 # HBM per chip (GiB), from Google Cloud's TPU system-architecture pages.
@@ -55,7 +51,7 @@ _TPU_GENERATION_OF_KIND = {
 }
 
 
-class TpuUnavailableError(RuntimeError):
+class TpuUnavailableError(UserError, RuntimeError):
     """A TPU topology was asked for but libtpu (the ``tpu`` extra) is not installed."""
 
 
@@ -297,72 +293,16 @@ def hlo_matmul_flops(hlo_text: str) -> float:
     return total
 
 
-def abstract_train_state(
-    model: nn.Module,
-    optimizer: optax.GradientTransformation,
-    inputs: jax.ShapeDtypeStruct,
-    mesh: Mesh,
-    rules: Rules = DEFAULT_RULES,
-):
-    """The TrainState as ``ShapeDtypeStruct`` leaves carrying their shardings, and the
-    shardings tree: what ``create_sharded_train_state`` would build, without computing it."""
-    # The trainer's own init (params, optimiser moments, batch stats, rng), traced only.
-    from jaxdl.train.state import abstract_state, init_train_state
+def compile_lowered(lowered: Any, state: Any, batch: Any, mesh: Mesh) -> CompileReport:
+    """Compiles a lowered train step and reports its per-device costs.
 
-    def init(key):
-        with nn.logical_axis_rules(rules):
-            return init_train_state(model, optimizer, key, jnp.zeros(inputs.shape, inputs.dtype))
-
-    with jax.set_mesh(mesh):
-        boxed = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
-        shardings = logical_to_shardings(boxed, mesh, rules)
-    return abstract_state(shardings, nn.meta.unbox(boxed)), shardings
-
-
-def compile_train_step(
-    model: nn.Module,
-    optimizer: optax.GradientTransformation,
-    mesh: Mesh,
-    global_batch: int,
-    input_spec: jax.ShapeDtypeStruct,
-    *,
-    train_step: Callable | None = None,
-    rules: Rules = DEFAULT_RULES,
-) -> CompileReport:
-    """Compiles jaxdl's train step for ``mesh``'s devices and reports its per-device costs.
-
-    ``input_spec`` is one example's shape/dtype (e.g. (224, 224, 3) float32, or (1024,) int32
-    tokens); the batch is ``[global_batch, *input_spec.shape]``, sharded like the trainer's.
-    Labels are int32 shaped like the model's logits without the class axis ([B] for a
-    classifier, [B, T] for a language model). ``train_step`` defaults to ``make_train_step()``.
+    ``state`` and ``batch`` are the (abstract) arguments it was lowered with; they give the
+    parameter bytes and batch shapes. A program too large for the devices' memory raises
+    ``DoesNotFitError``.
     """
-    from jaxdl.train.steps import ShardedStep, make_train_step
-
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    if global_batch < 1 or global_batch % data_parallel:
-        raise ValueError(
-            f"global batch {global_batch} must be a positive multiple of the data-parallel "
-            f"degree {data_parallel} (mesh data x fsdp)"
-        )
     start = time.perf_counter()
-    sharding = batch_sharding(mesh, rules)
-    inputs = jax.ShapeDtypeStruct((global_batch, *input_spec.shape), input_spec.dtype)
-    state, shardings = abstract_train_state(model, optimizer, inputs, mesh, rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        logits = jax.eval_shape(
-            lambda variables, x: model.apply(variables, x, train=False),
-            {"params": state.params, "batch_stats": state.batch_stats},
-            inputs,
-        )
-    batch = {
-        "inputs": jax.ShapeDtypeStruct(inputs.shape, inputs.dtype, sharding=sharding),
-        "labels": jax.ShapeDtypeStruct(logits.shape[:-1], jnp.int32, sharding=sharding),
-    }
-    step = ShardedStep(
-        train_step or make_train_step(), mesh, shardings, sharding, returns_state=True, rules=rules
-    )
     try:
-        compiled = step.lower(state, batch).compile()
+        compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
@@ -397,72 +337,4 @@ def compile_train_step(
         minimum_bytes=minimum_bytes(param_bytes, mesh_sizes),
         hbm_bytes=hbm_bytes_per_device(devices),
         compile_seconds=seconds,
-    )
-
-
-def _dataset_facts(data_config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], Any, int]:
-    """(example shape, dtype, class count) of the config's dataset (loads it once)."""
-    from jaxdl.data import get_dataset
-
-    options = data_config.get("options", ml_collections.ConfigDict()).to_dict()
-    dataset = get_dataset(data_config.name, **options)
-    dtype = np.float32 if np.issubdtype(dataset.inputs.dtype, np.floating) else np.int32
-    return tuple(dataset.inputs.shape[1:]), dtype, len(dataset.class_names)
-
-
-def compile_from_config(
-    config: ml_collections.ConfigDict,
-    devices: Sequence[jax.Device],
-    *,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | None = None,
-) -> CompileReport:
-    """``compile_train_step`` for an experiment config: model, optimiser, schedule, batch
-    (``train.batch_size`` or ``per_device_batch_size``), augmentation, label smoothing and
-    micro-batching as ``jaxdl train`` builds them; the mesh from ``config.mesh`` resolved
-    against ``len(devices)``.
-
-    ``input_shape`` (one example) and ``input_dtype`` default to the config's dataset, which is
-    then loaded once to read them (and ``num_classes`` when the model config leaves it unset).
-    """
-    from jaxdl.data import make_augmenter
-    from jaxdl.models import get_model
-    from jaxdl.optim import build_optimizer, build_schedule
-    from jaxdl.train.experiment import global_batch_size, model_kwargs
-    from jaxdl.train.steps import make_train_step
-
-    mesh = make_mesh(mesh_sizes_from_config(config.mesh, len(devices)), devices)
-    num_classes = config.model.get("num_classes")
-    if input_shape is None or not num_classes:
-        shape, data_dtype, data_classes = _dataset_facts(config.data)
-        num_classes = num_classes or data_classes
-        if input_shape is None:
-            input_shape, input_dtype = shape, input_dtype or np.dtype(data_dtype).name
-    dtype = jnp.dtype(input_dtype or "float32")
-    # The same model keyword arguments as ``jaxdl train`` (build_experiment).
-    model = get_model(config.model.name, **model_kwargs(config.model, num_classes))
-
-    train = config.train
-    steps_per_epoch = 100  # only the schedule's constants depend on it, not the program's cost
-    schedule = build_schedule(
-        config.schedule,
-        base_learning_rate=float(config.optimizer.learning_rate),
-        steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * int(train.get("num_epochs", 1)),
-    )
-    augment = None
-    if "augment" in config and jnp.issubdtype(dtype, jnp.floating):
-        augment = make_augmenter(config.augment)
-    step = make_train_step(
-        augment=augment,
-        label_smoothing=float(train.get("label_smoothing", 0.0)),
-        microbatches=int(train.get("microbatches", 1)),
-    )
-    return compile_train_step(
-        model,
-        build_optimizer(config.optimizer, schedule),
-        mesh,
-        global_batch_size(train, mesh.shape["data"] * mesh.shape["fsdp"]),
-        jax.ShapeDtypeStruct(tuple(int(d) for d in input_shape), dtype),
-        train_step=step,
     )

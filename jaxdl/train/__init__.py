@@ -1,28 +1,48 @@
-"""Training: the functional train state, jitted sharded steps, callbacks and the loop."""
+"""Training: the functional train state, generic jitted sharded steps, the step loop and its
+callbacks, warm starts, and the trainer that ties them to a workdir."""
 
-from jaxdl.train.callbacks import EarlyStopping
-from jaxdl.train.experiment import Experiment, Splits, build_experiment, load_splits
-from jaxdl.train.state import TrainState, count_params, create_sharded_train_state
-from jaxdl.train.steps import (
-    ShardedStep,
-    classification_loss,
-    make_eval_step,
-    make_train_step,
+from jaxdl.tasks import classification_loss
+from jaxdl.train.callbacks import (
+    Callback,
+    Checkpointing,
+    EarlyStopper,
+    EarlyStopping,
+    Evaluator,
+    Profiler,
+    TrainLogger,
 )
-from jaxdl.train.trainer import Trainer
+from jaxdl.train.loop import TrainLoop
+from jaxdl.train.state import (
+    TrainState,
+    count_params,
+    create_sharded_train_state,
+    init_train_state,
+    sharded_state_initializer,
+)
+from jaxdl.train.steps import ShardedStep, eval_forward, make_eval_step, make_train_step
+from jaxdl.train.trainer import ConfigChangedError, Trainer
+from jaxdl.train.warm_start import warm_start
 
 __all__ = [
+    "Callback",
+    "Checkpointing",
+    "ConfigChangedError",
+    "EarlyStopper",
     "EarlyStopping",
-    "Experiment",
+    "Evaluator",
+    "Profiler",
     "ShardedStep",
-    "Splits",
+    "TrainLogger",
+    "TrainLoop",
     "TrainState",
     "Trainer",
-    "build_experiment",
     "classification_loss",
     "count_params",
     "create_sharded_train_state",
-    "load_splits",
+    "eval_forward",
+    "init_train_state",
     "make_eval_step",
     "make_train_step",
+    "sharded_state_initializer",
+    "warm_start",
 ]

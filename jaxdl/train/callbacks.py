@@ -1,17 +1,61 @@
-"""Loop callbacks that hold state across epochs (and across a resume, via ``state_dict``)."""
+"""Loop callbacks: evaluation, early stopping, checkpointing, logging and profiling.
+
+The loop (``jaxdl.train.loop.TrainLoop``) runs steps; everything that happens *between* steps is a
+callback with three hooks (``on_train_start``, ``on_step_end``, ``on_train_end``) and, when it holds
+state that must survive a resume, ``state_dict``/``load_state_dict`` (saved in every checkpoint).
+Callbacks run in list order at each step, so an evaluation is seen by early stopping, and both by
+the checkpoint saved at the same step. Cadences are in steps; ``every(step, n)`` is the rule.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from jaxdl.train.loop import TrainLoop
+
+
+def every(step: int, interval: int | None) -> bool:
+    """True at multiples of a positive ``interval``; never for None/0."""
+    return bool(interval) and step % int(interval) == 0
+
+
+class Callback:
+    """Base class: no-op hooks and no state."""
+
+    def on_train_start(self, loop: TrainLoop) -> None:
+        del loop
+
+    def on_step_end(self, loop: TrainLoop, step: int, metrics: Mapping[str, jax.Array]) -> None:
+        del loop, step, metrics
+
+    def on_train_end(self, loop: TrainLoop) -> None:
+        del loop
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        del state
 
 
 @dataclasses.dataclass
 class EarlyStopping:
-    """Tracks a monitored metric; says when it improved and when to stop.
+    """Tracks a monitored metric over evaluations; says when it improved and when to stop.
 
-    ``patience=None`` never stops but still tracks the best epoch (the trainer uses that to keep
-    the best checkpoint). An improvement must beat the best by more than ``min_delta``.
+    ``patience=None`` never stops but still tracks the best evaluation (the trainer uses that to
+    keep the best checkpoint). An improvement must beat the best by more than ``min_delta``;
+    ``patience`` counts evaluations without improvement (an evaluation a step-based loop runs
+    every ``eval_every_steps``, once per epoch by default).
     """
 
     monitor: str = "val_accuracy"
@@ -19,8 +63,8 @@ class EarlyStopping:
     patience: int | None = None
     min_delta: float = 0.0
     best: float | None = None
-    best_epoch: int | None = None
-    epochs_without_improvement: int = 0
+    best_step: int | None = None
+    evaluations_without_improvement: int = 0
 
     def __post_init__(self):
         if self.mode not in ("min", "max"):
@@ -28,8 +72,8 @@ class EarlyStopping:
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"early_stopping.patience must be >= 0, got {self.patience}")
 
-    def update(self, epoch: int, metrics: dict[str, float]) -> tuple[bool, bool]:
-        """Feeds one epoch's metrics; returns ``(improved, should_stop)``."""
+    def update(self, step: int, metrics: Mapping[str, float]) -> tuple[bool, bool]:
+        """Feeds one evaluation's metrics taken at ``step``; returns ``(improved, should_stop)``."""
         if self.monitor not in metrics:
             raise ValueError(
                 f"early_stopping.monitor {self.monitor!r} not among metrics {sorted(metrics)}"
@@ -40,20 +84,279 @@ class EarlyStopping:
             self.best is None or sign * (value - self.best) > self.min_delta
         )
         if improved:
-            self.best, self.best_epoch, self.epochs_without_improvement = value, epoch, 0
+            self.best, self.best_step, self.evaluations_without_improvement = value, step, 0
         else:
-            self.epochs_without_improvement += 1
-        stop = self.patience is not None and self.epochs_without_improvement > self.patience
+            self.evaluations_without_improvement += 1
+        stop = self.patience is not None and self.evaluations_without_improvement > self.patience
         return improved, stop
 
     def state_dict(self) -> dict:
         return {
             "best": self.best,
-            "best_epoch": self.best_epoch,
-            "epochs_without_improvement": self.epochs_without_improvement,
+            "best_step": self.best_step,
+            "evaluations_without_improvement": self.evaluations_without_improvement,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = state.get("best")
-        self.best_epoch = state.get("best_epoch")
-        self.epochs_without_improvement = int(state.get("epochs_without_improvement", 0))
+        self.best_step = state.get("best_step")
+        self.evaluations_without_improvement = int(state.get("evaluations_without_improvement", 0))
+
+
+def _means(values: list[Mapping[str, Any]]) -> dict[str, float]:
+    """Per-key means of a list of scalar-metric dicts (fetched from device in one go)."""
+    if not values:
+        return {}
+    host = jax.device_get(values)
+    return {key: float(np.mean([v[key] for v in host])) for key in host[0]}
+
+
+class TrainLogger(Callback):
+    """Every ``every_steps`` steps: mean train metrics, learning rate and throughput to the
+    writers, and a progress bar (one per evaluation period) on the console.
+
+    Fetching metrics synchronises with the device, so it happens once per logging window.
+    """
+
+    def __init__(
+        self,
+        writer: Any,
+        *,
+        every_steps: int,
+        schedule: Callable[[int], Any],
+        units_per_step: int,
+        unit: str,
+        period_steps: int,
+        quiet: bool,
+    ):
+        self.writer, self.every_steps, self.schedule = writer, max(1, int(every_steps)), schedule
+        self.units_per_step, self.unit = units_per_step, unit
+        self.period_steps, self.quiet = period_steps, quiet
+        self._pending: list[Mapping[str, jax.Array]] = []
+        self._bar: tqdm | None = None
+        self._window_start = time.perf_counter()
+
+    def _new_bar(self, loop: TrainLoop, step: int) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        end = min(loop.total_steps, (step // self.period_steps + 1) * self.period_steps)
+        self._bar = tqdm(
+            total=end - step,
+            desc=f"steps {step + 1}-{end}/{loop.total_steps} (epoch {loop.epoch_at(end):g})",
+            disable=self.quiet,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def on_train_start(self, loop: TrainLoop) -> None:
+        self._window_start = time.perf_counter()
+        self._new_bar(loop, loop.step)
+
+    def on_step_end(self, loop, step, metrics) -> None:
+        self._pending.append(metrics)
+        if self._bar is not None:
+            self._bar.update(1)
+        if every(step, self.every_steps) or step == loop.total_steps:
+            self._flush(loop, step)
+        if every(step, self.period_steps) and step < loop.total_steps:
+            self._new_bar(loop, step)
+
+    def _flush(self, loop: TrainLoop, step: int) -> None:
+        if not self._pending:
+            return
+        means = _means(self._pending)
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        throughput = len(self._pending) * self.units_per_step / elapsed
+        record = {
+            "step": step,
+            "epoch": loop.epoch_at(step),
+            "split": "train",
+            **means,
+            "learning_rate": float(self.schedule(step - 1)),
+            f"{self.unit}_per_sec": throughput,
+        }
+        self.writer.write(record)
+        if self._bar is not None:
+            self._bar.set_postfix(
+                loss=f"{means['loss']:.4f}", **{f"{self.unit[:3]}_s": f"{throughput:,.0f}"}
+            )
+        self._pending, self._window_start = [], time.perf_counter()
+
+    def on_train_end(self, loop: TrainLoop) -> None:
+        self._flush(loop, loop.step)
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Evaluator(Callback):
+    """Evaluates the current state on a split every ``every_steps`` steps and at the last step.
+
+    Publishes ``loop.last_evaluation = (step, metrics)`` (metrics prefixed ``val_``) for early
+    stopping and checkpointing, writes a ``split: val`` record, keeps the learning-curve history
+    (resumable) and prints one line per evaluation.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[Any], dict[str, Any]],
+        writer: Any,
+        *,
+        every_steps: int,
+        schedule: Callable[[int], Any],
+        print_line: Callable[[str], None],
+        split: str = "val",
+    ):
+        self.evaluate, self.writer, self.every_steps = evaluate, writer, max(1, int(every_steps))
+        self.schedule, self.print_line, self.split = schedule, print_line, split
+        self.history: list[dict[str, Any]] = []
+        self._train: list[Mapping[str, jax.Array]] = []
+        self._period_start = time.perf_counter()
+
+    def on_train_start(self, loop) -> None:
+        self._period_start = time.perf_counter()
+
+    def on_step_end(self, loop, step, metrics) -> None:
+        self._train.append({k: metrics[k] for k in ("loss", "accuracy") if k in metrics})
+        if not (every(step, self.every_steps) or step == loop.total_steps):
+            return
+        train = {f"train_{k}": v for k, v in _means(self._train).items()}
+        results = self.evaluate(loop.state)
+        scalars = {
+            k: v
+            for k, v in results.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        seconds = time.perf_counter() - self._period_start
+        record = {
+            "step": step,
+            "epoch": loop.epoch_at(step),
+            **train,
+            **{f"{self.split}_{k}": v for k, v in scalars.items()},
+            "learning_rate": float(self.schedule(step - 1)),
+            "period_seconds": seconds,
+        }
+        self.history.append(record)
+        self.writer.write(
+            {
+                "step": step,
+                "epoch": record["epoch"],
+                "split": self.split,
+                **scalars,
+                **train,
+                "period_seconds": seconds,
+            }
+        )
+        loop.last_evaluation = (step, record)
+        self._train, self._period_start = [], time.perf_counter()
+        train_text = " ".join(
+            f"{k} {train[f'train_{k}']:.4f}" for k in ("loss", "accuracy") if f"train_{k}" in train
+        )
+        val_text = " ".join(
+            f"{k} {scalars[k]:.4f}" for k in ("loss", "accuracy", "perplexity") if k in scalars
+        )
+        self.print_line(
+            f"step {step:6d} (epoch {record['epoch']:g}) | train {train_text} | "
+            f"{self.split} {val_text} | lr {record['learning_rate']:.2e} | {seconds:.1f}s"
+        )
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state) -> None:
+        self.history = list(state.get("history", []))
+
+
+class EarlyStopper(Callback):
+    """Feeds each evaluation to ``EarlyStopping``; marks improvements and requests the stop."""
+
+    def __init__(self, early_stopping: EarlyStopping, print_line: Callable[[str], None]):
+        self.early_stopping, self.print_line = early_stopping, print_line
+        self.improved_at: int | None = None
+
+    def on_step_end(self, loop, step, metrics) -> None:
+        if loop.last_evaluation is None or loop.last_evaluation[0] != step:
+            return
+        improved, stop = self.early_stopping.update(step, loop.last_evaluation[1])
+        if improved:
+            self.improved_at = step
+        if stop:
+            loop.request_stop(
+                f"early stopping: no {self.early_stopping.monitor} improvement for "
+                f"{self.early_stopping.evaluations_without_improvement} evaluations"
+            )
+            self.print_line(loop.stop_reason)
+
+    def state_dict(self) -> dict:
+        return self.early_stopping.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.early_stopping.load_state_dict(state)
+
+
+class Checkpointing(Callback):
+    """Saves the latest checkpoint every ``every_steps`` steps, after each evaluation, when the
+    loop stops and at the end; saves the best checkpoint when early stopping saw an improvement.
+
+    Each checkpoint holds the train state, the data iterator's position and every callback's
+    ``state_dict`` (through ``loop.loop_state()``), so a resumed run continues bit for bit.
+    """
+
+    def __init__(self, checkpointer: Any, *, every_steps: int | None, stopper: EarlyStopper):
+        self.checkpointer, self.every_steps, self.stopper = checkpointer, every_steps, stopper
+
+    def on_step_end(self, loop, step, metrics) -> None:
+        evaluated = loop.last_evaluation is not None and loop.last_evaluation[0] == step
+        if evaluated or every(step, self.every_steps) or loop.should_stop:
+            self._save(loop, step)
+
+    def on_train_end(self, loop) -> None:
+        if self.checkpointer.latest_step() != loop.step:
+            self._save(loop, loop.step)
+        self.checkpointer.wait()
+
+    def _save(self, loop, step: int) -> None:
+        self.checkpointer.save(
+            step,
+            loop.state,
+            data_iterator=loop.iterator,
+            loop_state=loop.loop_state(),
+            is_best=self.stopper.improved_at == step,
+        )
+
+
+class Profiler(Callback):
+    """A ``jax.profiler`` trace of steps ``start_step``..``stop_step`` into ``logdir`` (open it
+    with TensorBoard's profile plugin or Perfetto). Steps before ``start_step`` include compilation,
+    so start after the first few."""
+
+    def __init__(self, logdir: str, start_step: int, stop_step: int):
+        if not 0 <= start_step < stop_step:
+            raise ValueError(
+                f"profile steps must satisfy 0 <= start < stop, got {start_step}..{stop_step}"
+            )
+        self.logdir, self.start_step, self.stop_step = logdir, start_step, stop_step
+        self._active = False
+
+    def on_train_start(self, loop) -> None:
+        if loop.step == self.start_step:
+            self._start()
+
+    def on_step_end(self, loop, step, metrics) -> None:
+        if step == self.start_step and not self._active:
+            self._start()
+        elif step == self.stop_step and self._active:
+            jax.block_until_ready(metrics)
+            self._stop()
+
+    def on_train_end(self, loop) -> None:
+        if self._active:
+            self._stop()
+
+    def _start(self) -> None:
+        os.makedirs(self.logdir, exist_ok=True)
+        jax.profiler.start_trace(self.logdir)
+        self._active = True
+
+    def _stop(self) -> None:
+        jax.profiler.stop_trace()
+        self._active = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -26,13 +27,19 @@ class TrainState(train_state.TrainState):
 
 
 def init_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, sample_inputs: jax.Array
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    *model_args: Any,
+    **model_kwargs: Any,
 ) -> TrainState:
     """Builds a TrainState whose params (and, through ``tx.init``, optimiser moments) keep their
-    logical-partitioning boxes, so their shardings can be read off the abstract state."""
+    logical-partitioning boxes, so their shardings can be read off the abstract state.
+
+    ``model_args``/``model_kwargs`` are sample inputs the model is initialised on."""
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     variables = model.init(
-        {"params": params_rng, "dropout": dropout_rng}, sample_inputs, train=False
+        {"params": params_rng, "dropout": dropout_rng}, *model_args, train=False, **model_kwargs
     )
     params = variables["params"]
     return TrainState(
@@ -46,6 +53,46 @@ def init_train_state(
     )
 
 
+InitInputs = Callable[[], tuple[tuple, dict]]
+
+
+def _zeros_like(tree: Any) -> Any:
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+
+
+def sharded_state_initializer(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    init_inputs: InitInputs,
+    mesh: Mesh,
+    rules: Rules = DEFAULT_RULES,
+) -> tuple[TrainState, TrainState, Callable[[jax.Array], TrainState]]:
+    """The abstract train state, its shardings and a jitted ``init(key) -> state``.
+
+    ``init_inputs()`` returns the ``(args, kwargs)`` the model is initialised on. ``init`` is
+    jitted with ``out_shardings`` derived from the logical axis names, so each device only ever
+    materialises its own shard: no host holds the full model. The abstract state's leaves are
+    ShapeDtypeStructs carrying their shardings (the restore target for Orbax, the argument for
+    AOT lowering); the shardings tree mirrors the state (NamedSharding leaves).
+    """
+
+    def init(key):
+        args, kwargs = init_inputs()
+        with nn.logical_axis_rules(rules):
+            return init_train_state(model, tx, key, *args, **kwargs)
+
+    with jax.set_mesh(mesh):
+        boxed = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        shardings = logical_to_shardings(boxed, mesh, rules)
+    jitted = jax.jit(lambda key: nn.meta.unbox(init(key)), out_shardings=shardings)
+
+    def initialize(key: jax.Array) -> TrainState:
+        with jax.set_mesh(mesh):
+            return jitted(key)
+
+    return abstract_state(shardings, nn.meta.unbox(boxed)), shardings, initialize
+
+
 def create_sharded_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -54,23 +101,15 @@ def create_sharded_train_state(
     mesh: Mesh,
     rules: Rules = DEFAULT_RULES,
 ) -> tuple[TrainState, TrainState]:
-    """Initialises the train state directly in its sharded layout.
+    """Initialises the train state of a single-input model directly in its sharded layout.
 
-    The init function is jitted with ``out_shardings`` derived from the logical axis names, so each
-    device only ever materialises its own shard: no host holds the full model. Returns
-    ``(state, state_shardings)``; the shardings tree mirrors the state (NamedSharding leaves).
+    ``sample_inputs`` gives the input's shape and dtype. Returns ``(state, state_shardings)``.
     """
     sample = jax.ShapeDtypeStruct(sample_inputs.shape, sample_inputs.dtype)
-
-    def init(key):
-        with nn.logical_axis_rules(rules):
-            return init_train_state(model, tx, key, jnp.zeros(sample.shape, sample.dtype))
-
-    with jax.set_mesh(mesh):
-        abstract = jax.eval_shape(init, rng)
-        shardings = logical_to_shardings(abstract, mesh, rules)
-        state = jax.jit(lambda key: nn.meta.unbox(init(key)), out_shardings=shardings)(rng)
-    return state, shardings
+    _, shardings, initialize = sharded_state_initializer(
+        model, tx, lambda: ((_zeros_like(sample),), {}), mesh, rules
+    )
+    return initialize(rng), shardings
 
 
 def abstract_state(state_shardings: TrainState, state: TrainState) -> TrainState:

@@ -1,8 +1,11 @@
-"""Jitted train and eval steps for classification, with explicit shardings.
+"""Jitted train and eval steps, generic over the task, with explicit shardings.
 
-Steps are pure functions ``(state, batch) -> (state, metrics)``; ``ShardedStep`` compiles them with
-in/out shardings (pjit semantics) and traces them under the mesh and the logical-axis rules so the
-models' activation constraints take effect.
+Steps are pure functions ``(state, batch) -> (state, metrics)`` / ``(state, batch) -> sums``. The
+task
+supplies the loss and the evaluation statistics; the step owns what is common to every task:
+RNG derivation, on-device batch preparation, mutable collections (BatchNorm statistics), gradient
+accumulation over micro-batches and the optimiser update. ``ShardedStep`` compiles them with
+in/out shardings (pjit semantics) and buffer donation, traced under the mesh and logical-axis rules.
 """
 
 from __future__ import annotations
@@ -16,116 +19,128 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from jaxdl.metrics import confusion_matrix
 from jaxdl.parallel.rules import DEFAULT_RULES, Rules
+from jaxdl.tasks import ImageClassification, Task
 from jaxdl.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+# Collections a forward pass in training mode may update (BatchNorm running statistics).
+MUTABLE_COLLECTIONS = ("batch_stats",)
 
 
-def classification_loss(
-    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
-) -> jax.Array:
-    """Per-example softmax cross-entropy [B] in float32, with optional label smoothing."""
-    num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+def model_variables(state: TrainState, params: Any | None = None) -> dict[str, Any]:
+    """The variables dict ``apply`` takes: params plus the non-trainable collections."""
+    variables = {"params": state.params if params is None else params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def eval_forward(state: TrainState) -> Callable[..., Any]:
+    """The model in inference mode, bound to ``state``'s variables: what tasks' ``predict`` and
+    ``eval_sums`` call."""
+    variables = model_variables(state)
+    return lambda *args, **kwargs: state.apply_fn(variables, *args, train=False, **kwargs)
 
 
 def make_train_step(
-    *,
-    augment: Augment | None = None,
-    label_smoothing: float = 0.0,
-    microbatches: int = 1,
+    task: Task | None = None, *, microbatches: int = 1
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """A train step: augment on device, forward/backward, optimiser update.
+    """A train step for ``task`` (default: classification of ``inputs`` by ``labels``).
 
-    With ``microbatches > 1`` the batch is split and gradients are accumulated in a ``lax.scan``
-    before one optimiser update, so the effective batch is independent of device memory.
-    Returns metrics ``loss``, ``accuracy``, ``grad_norm`` (scalars, averaged over the batch).
+    The step key is ``fold_in(state.rng, state.step)``, split into the batch-preparation
+    (augmentation) key and the dropout key, so a resumed run draws the same randomness. With
+    ``microbatches > 1`` the batch is split and gradients are accumulated in a ``lax.scan`` before
+    one optimiser update. Returns ``loss``, the task's aux metrics and ``grad_norm``.
     """
+    task = task or ImageClassification()
+    if microbatches < 1:
+        raise ValueError(f"microbatches must be >= 1, got {microbatches}")
 
     def train_step(state: TrainState, batch: Batch):
         step_key = jax.random.fold_in(state.rng, state.step)
-        augment_key, dropout_key = jax.random.split(step_key)
-        inputs, labels = batch["inputs"], batch["labels"]
-        if augment is not None:
-            inputs = augment(augment_key, inputs)
+        prepare_key, dropout_key = jax.random.split(step_key)
+        batch = task.prepare_train_batch(prepare_key, batch)
 
-        def loss_and_grads(params, batch_stats, x, y, key):
+        def loss_and_grads(params, batch_stats, micro_batch, key):
             def loss_fn(p):
-                logits, mutated = state.apply_fn(
-                    {"params": p, "batch_stats": batch_stats},
-                    x,
-                    train=True,
-                    rngs={"dropout": key},
-                    mutable=["batch_stats"],
-                )
-                loss = classification_loss(logits, y, label_smoothing).mean()
-                return loss, (logits, mutated.get("batch_stats", batch_stats))
+                mutated = {}
 
-            (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            return grads, loss, jnp.mean(jnp.argmax(logits, -1) == y), stats
+                def forward(*args, **kwargs):
+                    variables = {"params": p}
+                    if batch_stats:
+                        variables["batch_stats"] = batch_stats
+                    out, updates = state.apply_fn(
+                        variables,
+                        *args,
+                        train=True,
+                        rngs={"dropout": key},
+                        mutable=list(MUTABLE_COLLECTIONS),
+                        **kwargs,
+                    )
+                    mutated.update(updates)
+                    return out
+
+                loss, aux = task.loss(forward, micro_batch)
+                return loss, (aux, mutated.get("batch_stats", batch_stats))
+
+            (loss, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return grads, {"loss": loss, **aux}, stats
 
         if microbatches == 1:
-            grads, loss, accuracy, batch_stats = loss_and_grads(
-                state.params, state.batch_stats, inputs, labels, dropout_key
+            grads, metrics, batch_stats = loss_and_grads(
+                state.params, state.batch_stats, batch, dropout_key
             )
         else:
-            grads, loss, accuracy, batch_stats = _accumulate(
-                loss_and_grads, state, inputs, labels, dropout_key, microbatches
+            grads, metrics, batch_stats = _accumulate(
+                loss_and_grads, state, batch, dropout_key, microbatches
             )
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
-        return new_state, metrics
+        return new_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
 
 
-def _accumulate(loss_and_grads, state, inputs, labels, dropout_key, microbatches):
+def _accumulate(loss_and_grads, state, batch, dropout_key, microbatches):
     """Mean gradients/metrics over ``microbatches`` slices of the batch (a sequential scan)."""
-    if inputs.shape[0] % microbatches:
-        raise ValueError(
-            f"batch size {inputs.shape[0]} is not divisible by microbatches={microbatches}"
-        )
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    if batch_size % microbatches:
+        raise ValueError(f"batch size {batch_size} is not divisible by microbatches={microbatches}")
     split = lambda x: x.reshape(microbatches, -1, *x.shape[1:])  # noqa: E731
     keys = jax.random.split(dropout_key, microbatches)
 
     def body(carry, xs):
-        grads_sum, loss_sum, acc_sum, batch_stats = carry
-        micro_inputs, micro_labels, key = xs
-        grads, loss, acc, batch_stats = loss_and_grads(
-            state.params, batch_stats, micro_inputs, micro_labels, key
-        )
+        grads_sum, metrics_sum, batch_stats = carry
+        micro_batch, key = xs
+        grads, metrics, batch_stats = loss_and_grads(state.params, batch_stats, micro_batch, key)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-        return (grads_sum, loss_sum + loss, acc_sum + acc, batch_stats), None
+        metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
+        return (grads_sum, metrics_sum, batch_stats), None
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    init = (zeros, jnp.zeros(()), jnp.zeros(()), state.batch_stats)
-    (grads, loss, acc, batch_stats), _ = jax.lax.scan(
-        body, init, (split(inputs), split(labels), keys)
+    # The metric names and shapes of one micro-batch, to start the sums at zero.
+    first = jax.tree.map(lambda x: x[0], jax.tree.map(split, batch))
+    metric_shapes = jax.eval_shape(
+        lambda b: loss_and_grads(state.params, state.batch_stats, b, keys[0])[1], first
     )
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+    init = (zeros, metric_zeros, state.batch_stats)
+    (grads, metrics, batch_stats), _ = jax.lax.scan(body, init, (jax.tree.map(split, batch), keys))
     scale = 1.0 / microbatches
-    return jax.tree.map(lambda g: g * scale, grads), loss * scale, acc * scale, batch_stats
+    return (
+        jax.tree.map(lambda g: g * scale, grads),
+        jax.tree.map(lambda m: m * scale, metrics),
+        batch_stats,
+    )
 
 
-def make_eval_step(num_classes: int) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-    """An eval step returning sums over the real (mask=1) examples of a padded batch:
-    ``loss_sum``, ``correct``, ``count`` and the ``confusion`` matrix [C, C]."""
+def make_eval_step(task: Task | None = None) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+    """An eval step: ``task.eval_sums`` of a padded batch (``mask`` marks real examples)."""
+    task = task or ImageClassification()
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        logits = state.apply_fn(variables, batch["inputs"], train=False)
-        mask = batch["mask"].astype(jnp.float32)
-        labels = batch["labels"]
-        predictions = jnp.argmax(logits, -1)
-        return {
-            "loss_sum": jnp.sum(classification_loss(logits, labels) * mask),
-            "correct": jnp.sum((predictions == labels) * mask),
-            "count": jnp.sum(mask),
-            "confusion": confusion_matrix(labels, predictions, num_classes, mask=mask),
-        }
+        return task.eval_sums(eval_forward(state), batch)
 
     return eval_step
 

@@ -1,270 +1,293 @@
-"""The training loop: epochs of jitted sharded steps, evaluation, early stopping, checkpoints, logs.
+"""The trainer: resume safety, the step loop with its callbacks, and the final evaluation.
 
-Side effects (I/O, logging, checkpoints) live here; the steps themselves are pure functions.
+Side effects (I/O, logging, checkpoints) live here and in the callbacks; the steps are pure.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdl.checkpoint import Checkpointer, abstract_like
-from jaxdl.config import save_config
-from jaxdl.data import ArrayDataset, iterate_eval_batches, make_train_loader
-from jaxdl.loggers import MultiWriter, make_writers
-from jaxdl.metrics import classification_report, plot_confusion_matrix, plot_learning_curves
-from jaxdl.parallel import batch_sharding, is_main_process, shard_batch
-from jaxdl.train.callbacks import EarlyStopping
-from jaxdl.train.experiment import Experiment
-from jaxdl.train.state import TrainState, count_params, create_sharded_train_state
-from jaxdl.train.steps import ShardedStep, make_eval_step, make_train_step
+from jaxdl.checkpoint import Checkpointer, abstract_like, tree_shapes
+from jaxdl.config import MISSING, config_diff, save_config
+from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader
+from jaxdl.data.records import RecordSource
+from jaxdl.errors import UserError
+from jaxdl.loggers import make_writers
+from jaxdl.metrics import plot_learning_curves
+from jaxdl.parallel import is_main_process, shard_batch
+from jaxdl.train.callbacks import (
+    Checkpointing,
+    EarlyStopper,
+    EarlyStopping,
+    Evaluator,
+    Profiler,
+    TrainLogger,
+)
+from jaxdl.train.fingerprint import fingerprint_digest
+from jaxdl.train.loop import TrainLoop
+from jaxdl.train.state import TrainState, count_params
+from jaxdl.train.warm_start import warm_start
+
+if TYPE_CHECKING:
+    from jaxdl.experiment import Experiment
+
+
+class ConfigChangedError(UserError):
+    """A workdir's checkpoints were trained with a config that shapes training differently."""
+
+
+def _describe(changes: dict[str, tuple], limit: int = 4) -> str:
+    parts = [f"{path}: {old!r} -> {new!r}" for path, (old, new) in list(changes.items())[:limit]]
+    more = len(changes) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 class Trainer:
-    """Runs one experiment in ``workdir``; resumes automatically from its latest checkpoint."""
+    """Runs one experiment in ``workdir``; resumes automatically from its latest checkpoint.
 
-    def __init__(self, experiment: Experiment, workdir: str, *, quiet: bool = False):
+    A resume whose training-shaping config (``Experiment.fingerprint``) differs from the
+    checkpoint's stops with ``ConfigChangedError`` before anything is written, unless
+    ``allow_config_change``; then the state's structure must still match, and the change is
+    appended to ``config_changes.jsonl``.
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        workdir: str,
+        *,
+        quiet: bool = False,
+        allow_config_change: bool = False,
+    ):
         self.exp = experiment
         self.config = experiment.config
+        self.task = experiment.task
         self.workdir = os.path.abspath(workdir)
         self.quiet = quiet or not is_main_process()
+        self.allow_config_change = allow_config_change
         os.makedirs(self.workdir, exist_ok=True)
-        cfg = self.config
-        sample = experiment.splits.train.inputs[:1]
-        self.state, self.state_shardings = create_sharded_train_state(
-            experiment.model,
-            experiment.optimizer,
-            jax.random.PRNGKey(int(cfg.get("seed", 0))),
-            jax.ShapeDtypeStruct((experiment.global_batch_size, *sample.shape[1:]), np.float32),
-            experiment.mesh,
-            experiment.rules,
-        )
-        self.batch_sharding = batch_sharding(experiment.mesh, experiment.rules)
-        self.train_step = ShardedStep(
-            make_train_step(
-                augment=experiment.augment,
-                label_smoothing=float(cfg.train.get("label_smoothing", 0.0)),
-                microbatches=int(cfg.train.get("microbatches", 1)),
-            ),
-            experiment.mesh,
-            self.state_shardings,
-            self.batch_sharding,
-            returns_state=True,
-            rules=experiment.rules,
-        )
-        self.eval_step = ShardedStep(
-            make_eval_step(experiment.num_classes),
-            experiment.mesh,
-            self.state_shardings,
-            self.batch_sharding,
-            returns_state=False,
-            rules=experiment.rules,
-        )
-        ckpt = cfg.get("checkpoint", {})
+        ckpt = self.config.get("checkpoint", {})
         self.checkpointer = Checkpointer(
-            os.path.join(self.workdir),
+            self.workdir,
             max_to_keep=int(ckpt.get("max_to_keep", 3)),
             async_save=bool(ckpt.get("async_save", True)),
         )
-        es = cfg.get("early_stopping", {})
+        monitor, mode = self.task.default_monitor
+        es = self.config.get("early_stopping", {})
         self.early_stopping = EarlyStopping(
-            monitor=es.get("monitor", "val_accuracy"),
-            mode=es.get("mode", "max"),
+            monitor=es.get("monitor") or monitor,
+            mode=es.get("mode") or mode,
             patience=es.get("patience", None),
             min_delta=float(es.get("min_delta", 0.0)),
         )
         self.restore_best = bool(es.get("restore_best", True))
+        self.state: TrainState = experiment.initialize(jax.random.PRNGKey(experiment.seed))
+        self.train_step = experiment.train_step
+        self.eval_step = experiment.eval_step
 
     # ----------------------------------------------------------------------------------------
-    def evaluate(self, dataset: ArrayDataset, state: TrainState | None = None) -> dict:
-        """Loss, accuracy and classification report of ``state`` (default: current) on a split."""
+    def evaluate(self, source: RecordSource, state: TrainState | None = None) -> dict[str, Any]:
+        """The task's metrics of ``state`` (default: current) on a split, summed over all
+        batches and hosts."""
         state = self.state if state is None else state
-        batch_size = int(self.config.train.get("eval_batch_size", self.exp.global_batch_size))
-        sums: dict[str, Any] = {}
+        sums = None
         for local in iterate_eval_batches(
-            dataset,
-            batch_size=batch_size // jax.process_count(),
+            source,
+            batch_size=self.exp.eval_batch_size // jax.process_count(),
+            spec=self.task.batch_spec(),
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
         ):
-            out = self.eval_step(state, shard_batch(local, self.batch_sharding))
-            sums = out if not sums else jax.tree.map(lambda a, b: a + b, sums, out)
-        sums = jax.device_get(sums)
-        count = max(float(sums["count"]), 1.0)
-        report = classification_report(np.asarray(sums["confusion"]), dataset.class_names)
-        return {"loss": float(sums["loss_sum"]) / count, "accuracy": report["accuracy"]} | {
-            "report": report
-        }
+            out = self.eval_step(state, shard_batch(local, self.exp.batch_sharding))
+            sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+        return self.task.summarize(jax.device_get(sums))
 
-    def _train_epoch(self, epoch: int, iterator: Iterator, writer: MultiWriter) -> dict[str, float]:
-        exp, cfg = self.exp, self.config
-        log_every = int(cfg.get("logging", {}).get("every_steps", 10))
-        bar = tqdm(
-            total=exp.steps_per_epoch,
-            desc=f"epoch {epoch}/{cfg.train.num_epochs}",
-            disable=self.quiet,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        loss_sum = acc_sum = 0.0
-        pending: list[dict] = []
-        window_start, window_examples = time.perf_counter(), 0
-        for _ in range(exp.steps_per_epoch):
-            batch = shard_batch(next(iterator), self.batch_sharding)
-            self.state, metrics = self.train_step(self.state, batch)
-            pending.append(metrics)
-            window_examples += exp.global_batch_size
-            step = int(self.state.step) if len(pending) >= log_every else None
-            if step is None:
-                continue
-            # Fetching metrics synchronises with the device, so do it once per logging window.
-            values = jax.device_get(pending)
-            elapsed = time.perf_counter() - window_start
-            loss = float(np.mean([v["loss"] for v in values]))
-            acc = float(np.mean([v["accuracy"] for v in values]))
-            loss_sum += loss * len(values)
-            acc_sum += acc * len(values)
-            throughput = window_examples / max(elapsed, 1e-9)
+    def check_resume(self) -> int | None:
+        """The step to resume from (None: fresh run), after the fingerprint and structure checks.
+
+        Raises ``ConfigChangedError`` on a changed fingerprint without ``allow_config_change``,
+        and ``UserError`` when the state's structure changed (a resume is then impossible).
+        """
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return None
+        saved = self.checkpointer.read_loop_state(step).get("fingerprint")
+        changes = config_diff(saved, self.exp.fingerprint()) if saved is not None else {}
+        if changes and not self.allow_config_change:
+            raise ConfigChangedError(
+                f"{self.workdir} was trained with a different config ({_describe(changes)}); "
+                "use a new --workdir, or pass --allow-config-change to resume anyway"
+            )
+        saved_shapes = self.checkpointer.state_shapes(step)
+        wanted = tree_shapes(self.exp.abstract_state)
+        mismatched = {
+            path: (saved_shapes.get(path), shape)
+            for path, shape in wanted.items()
+            if saved_shapes.get(path) != shape
+        }
+        mismatched |= {
+            path: (shape, None) for path, shape in saved_shapes.items() if path not in wanted
+        }
+        if mismatched:
+            raise UserError(
+                f"cannot resume {self.workdir}: the train state's structure changed "
+                f"({_describe(mismatched)}); use a new --workdir"
+            )
+        if changes and is_main_process():
             record = {
                 "step": step,
-                "epoch": epoch,
-                "split": "train",
-                "loss": loss,
-                "accuracy": acc,
-                "grad_norm": float(np.mean([v["grad_norm"] for v in values])),
-                "learning_rate": float(exp.schedule(step - 1)),
-                "examples_per_sec": throughput,
+                "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "changes": {path: [_jsonable(o), _jsonable(n)] for path, (o, n) in changes.items()},
             }
-            writer.write(record)
-            bar.update(len(values))
-            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", ex_s=f"{throughput:,.0f}")
-            pending, window_start, window_examples = [], time.perf_counter(), 0
-        if pending:
-            values = jax.device_get(pending)
-            loss_sum += float(np.sum([v["loss"] for v in values]))
-            acc_sum += float(np.sum([v["accuracy"] for v in values]))
-            bar.update(len(values))
-        bar.close()
-        return {
-            "train_loss": loss_sum / exp.steps_per_epoch,
-            "train_accuracy": acc_sum / exp.steps_per_epoch,
-        }
+            with open(os.path.join(self.workdir, "config_changes.jsonl"), "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return step
+
+    def _run_info(self) -> dict[str, Any]:
+        """``run.json``: the W&B run id (kept so a resumed run continues the same W&B run)."""
+        path = os.path.join(self.workdir, "run.json")
+        if os.path.isfile(path):
+            with open(path) as handle:
+                return json.load(handle)
+        wandb_config = self.config.get("logging", {}).get("wandb", {}) or {}
+        run_id = wandb_config.get("run_id")
+        if not run_id and wandb_config.get("mode", "disabled") != "disabled":
+            import wandb
+
+            run_id = wandb.util.generate_id()
+        return {"wandb_run_id": run_id}
+
+    def _writers(self):
+        info = self._run_info()
+        logging_config = ml_collections.ConfigDict(self.config.get("logging", {}).to_dict())
+        if "wandb" in logging_config and info.get("wandb_run_id"):
+            with logging_config.unlocked():
+                logging_config.wandb.run_id = info["wandb_run_id"]
+        if is_main_process():
+            with open(os.path.join(self.workdir, "run.json"), "w") as handle:
+                json.dump(info, handle)
+        return make_writers(logging_config, self.workdir, self.config.to_dict())
+
+    def _callbacks(self, writer) -> list:
+        exp, cfg = self.exp, self.config
+        train_cfg, log_cfg = cfg.train, cfg.get("logging", {})
+        eval_every = int(train_cfg.get("eval_every_steps") or exp.steps_per_epoch)
+        stopper = EarlyStopper(self.early_stopping, self._print)
+        callbacks = [
+            TrainLogger(
+                writer,
+                every_steps=int(log_cfg.get("every_steps", 10)),
+                schedule=exp.schedule,
+                units_per_step=self.task.throughput(exp.global_batch_size),
+                unit=self.task.throughput_unit,
+                period_steps=eval_every,
+                quiet=self.quiet,
+            ),
+            Evaluator(
+                lambda state: self.evaluate(exp.data.val, state),
+                writer,
+                every_steps=eval_every,
+                schedule=exp.schedule,
+                print_line=self._print,
+            ),
+            stopper,
+            Checkpointing(
+                self.checkpointer,
+                every_steps=cfg.get("checkpoint", {}).get("every_steps"),
+                stopper=stopper,
+            ),
+        ]
+        profile = log_cfg.get("profile_steps")
+        if profile:
+            start, stop = (int(s) for s in profile)
+            callbacks.append(Profiler(os.path.join(self.workdir, "profile"), start, stop))
+        return callbacks
 
     def fit(self) -> dict:
-        """Trains to ``num_epochs`` (or early stop), then evaluates the best state on the test set.
+        """Trains to ``train.num_steps``/``num_epochs`` (or an early stop), then evaluates the
+        best state on the test split.
 
-        Writes config.json, metrics.jsonl, TensorBoard events, checkpoints, results.json and plots.
+        Writes config.json, metrics.jsonl, TensorBoard events, checkpoints, results.json, plots.
         """
         exp, cfg = self.exp, self.config
+        resume_step = self.check_resume()
+        fingerprint = exp.fingerprint()
         if is_main_process():
             save_config(cfg, os.path.join(self.workdir, "config.json"))
+            with open(os.path.join(self.workdir, "fingerprint.json"), "w") as handle:
+                json.dump(
+                    {"digest": fingerprint_digest(fingerprint), "fields": fingerprint},
+                    handle,
+                    indent=2,
+                )
         loader = make_train_loader(
-            exp.splits.train,
+            exp.data.train,
             batch_size=exp.per_process_batch_size,
-            seed=int(cfg.get("seed", 0)),
+            seed=exp.seed,
+            spec=self.task.batch_spec(),
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
             worker_count=int(cfg.data.get("worker_count", 0)),
         )
         iterator = iter(loader)
-        history: list[dict] = []
-        start_epoch = 1
-        if self.checkpointer.latest_step() is not None:
-            self.state, loop = self.checkpointer.restore_latest(abstract_like(self.state), iterator)
-            history = loop.get("history", [])
-            start_epoch = int(loop.get("epoch", 0)) + 1
-            self.early_stopping.load_state_dict(loop.get("early_stopping", {}))
-            self._print(f"resumed from step {int(self.state.step)} (epoch {start_epoch - 1})")
-        writer = make_writers(cfg.get("logging", {}), self.workdir, cfg.to_dict())
-        self._print(
-            f"{cfg.model.name}: {count_params(self.state.params):,} params | mesh "
-            f"{dict(exp.mesh.shape)} | global batch {exp.global_batch_size} | "
-            f"{exp.steps_per_epoch} steps/epoch"
+        loop_state: dict = {}
+        if resume_step is not None:
+            self.state, loop_state = self.checkpointer.restore_latest(
+                abstract_like(self.state), iterator
+            )
+            self._print(f"resumed from step {int(self.state.step)}")
+        else:
+            self.state, taken = warm_start(self.state, cfg.get("init", {}) or {})
+            if taken:
+                self._print(f"initialised {len(taken)} arrays from {_init_source(cfg)}")
+        writer = self._writers()
+        callbacks = self._callbacks(writer)
+        loop = TrainLoop(
+            state=self.state,
+            train_step=self.train_step,
+            iterator=iterator,
+            batch_sharding=exp.batch_sharding,
+            total_steps=exp.total_steps,
+            steps_per_epoch=exp.steps_per_epoch,
+            callbacks=callbacks,
+            extra_state={"fingerprint": fingerprint},
         )
-        stopped_early = False
+        loop.load_loop_state(loop_state)
+        self._print(
+            f"{cfg.model.name} ({self.task.name}): {count_params(self.state.params):,} params | "
+            f"mesh {dict(exp.mesh.shape)} | global batch {exp.global_batch_size} | "
+            f"{exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps"
+        )
         train_start = time.perf_counter()
-        for epoch in range(start_epoch, int(cfg.train.num_epochs) + 1):
-            epoch_start = time.perf_counter()
-            train_metrics = self._train_epoch(epoch, iterator, writer)
-            val = self.evaluate(exp.splits.val)
-            epoch_seconds = time.perf_counter() - epoch_start
-            record = {
-                "epoch": epoch,
-                **train_metrics,
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "val_f1_macro": val["report"]["f1_macro"],
-                "learning_rate": float(exp.schedule(int(self.state.step) - 1)),
-                "epoch_seconds": epoch_seconds,
-            }
-            history.append(record)
-            writer.write(
-                {
-                    "step": int(self.state.step),
-                    "epoch": epoch,
-                    "split": "val",
-                    "loss": val["loss"],
-                    "accuracy": val["accuracy"],
-                    "f1_macro": val["report"]["f1_macro"],
-                    "train_loss": train_metrics["train_loss"],
-                    "train_accuracy": train_metrics["train_accuracy"],
-                    "learning_rate": record["learning_rate"],
-                    "epoch_seconds": epoch_seconds,
-                    "examples_per_sec": exp.steps_per_epoch * exp.global_batch_size / epoch_seconds,
-                }
-            )
-            improved, stop = self.early_stopping.update(epoch, record)
-            self._print(
-                f"epoch {epoch:3d} | train loss {record['train_loss']:.4f} acc "
-                f"{record['train_accuracy']:.4f} | val loss {val['loss']:.4f} acc "
-                f"{val['accuracy']:.4f} | lr {record['learning_rate']:.2e} | "
-                f"{epoch_seconds:.1f}s{' *' if improved else ''}"
-            )
-            loop_state = {
-                "epoch": epoch,
-                "history": history,
-                "early_stopping": self.early_stopping.state_dict(),
-            }
-            self.checkpointer.save(
-                int(self.state.step),
-                self.state,
-                data_iterator=iterator,
-                loop_state=loop_state,
-                is_best=improved,
-            )
-            if stop:
-                stopped_early = True
-                self._print(
-                    f"early stopping: no {self.early_stopping.monitor} improvement for "
-                    f"{self.early_stopping.epochs_without_improvement} epochs"
-                )
-                break
+        self.state = loop.run()
         train_seconds = time.perf_counter() - train_start
-        self.checkpointer.wait()
         final_state = self.state
         if self.restore_best and self.checkpointer.best_step() is not None:
             final_state, _ = self.checkpointer.restore_best(abstract_like(self.state))
-        test = self.evaluate(exp.splits.test, final_state)
+        evaluator = next(cb for cb in callbacks if isinstance(cb, Evaluator))
+        val = self.evaluate(exp.data.val, final_state)
         results = {
             "split": "test",
             "step": int(final_state.step),
-            "best_epoch": self.early_stopping.best_epoch,
+            "best_step": self.early_stopping.best_step,
             f"best_{self.early_stopping.monitor}": self.early_stopping.best,
-            "stopped_early": stopped_early,
+            "stopped_early": loop.stop_reason is not None,
             "train_seconds": train_seconds,
-            "loss": test["loss"],
-            **test["report"],
+            **self.evaluate(exp.data.test, final_state),
+            "val": _scalars(val),
         }
         if is_main_process():
-            self._write_outputs(results, history, "test")
+            self._write_outputs(results, evaluator.history, "test")
             self._print_summary(results)
         writer.close()
         self.checkpointer.close()
@@ -275,13 +298,14 @@ class Trainer:
         self.checkpointer.wait()
         if self.checkpointer.best_step() is not None:
             state, _ = self.checkpointer.restore_best(abstract_like(self.state))
-        else:
+        elif self.checkpointer.latest_step() is not None:
             state, _ = self.checkpointer.restore_latest(abstract_like(self.state))
-        metrics = self.evaluate(self.exp.splits.get(split), state)
-        results = {"split": split, "step": int(state.step), "loss": metrics["loss"]}
-        results |= metrics["report"]
+        else:
+            raise UserError(f"no checkpoint in {self.workdir}")
+        results = {"split": split, "step": int(state.step)}
+        results |= self.evaluate(self.exp.data.get(split), state)
         if is_main_process():
-            history = _epoch_history(os.path.join(self.workdir, "metrics.jsonl"))
+            history = _eval_history(os.path.join(self.workdir, "metrics.jsonl"))
             self._write_outputs(results, history, split)
             self._print_summary(results)
         self.checkpointer.close()
@@ -291,53 +315,70 @@ class Trainer:
     def _write_outputs(self, results: dict, history: list[dict], split: str) -> None:
         suffix = "" if split == "test" else f"_{split}"
         with open(os.path.join(self.workdir, f"results{suffix}.json"), "w") as handle:
-            json.dump(results, handle, indent=2)
+            json.dump(_jsonable(results), handle, indent=2)
         plots = os.path.join(self.workdir, "plots")
         if history:
             plot_learning_curves(history, os.path.join(plots, "learning_curves.png"))
-        plot_confusion_matrix(
-            np.asarray(results["confusion_matrix"]),
-            self.exp.splits.test.class_names,
-            os.path.join(plots, f"confusion_matrix{suffix}.png"),
-        )
+        self.task.write_plots(results, plots, suffix)
 
     def _print(self, line: str) -> None:
         if not self.quiet:
             tqdm.write(line)
 
     def _print_summary(self, results: dict) -> None:
-        rows = [
-            ("split", results["split"]),
-            ("step", results["step"]),
-            ("loss", f"{results['loss']:.4f}"),
-            ("accuracy", f"{results['accuracy']:.4f}"),
-            ("precision (macro)", f"{results['precision_macro']:.4f}"),
-            ("recall (macro)", f"{results['recall_macro']:.4f}"),
-            ("f1 (macro)", f"{results['f1_macro']:.4f}"),
-        ]
+        rows = [("split", str(results["split"])), ("step", str(results["step"]))]
+        rows += self.task.summary_rows(results)
         if "train_seconds" in results:
             rows.append(("train time", f"{results['train_seconds']:.1f} s"))
-            rows.append(("best epoch", results["best_epoch"]))
+            rows.append(("best step", str(results["best_step"])))
         width = max(len(name) for name, _ in rows)
         lines = ["-" * (width + 16)] + [f"{n:<{width}} | {v}" for n, v in rows]
         lines += ["-" * (width + 16), f"outputs in {self.workdir}"]
         self._print("\n".join(lines))
 
 
-def _epoch_history(metrics_path: str) -> list[dict]:
-    """Per-epoch learning-curve records rebuilt from ``metrics.jsonl`` (val records)."""
+def _init_source(config: ml_collections.ConfigDict) -> str:
+    init = config.get("init", {}) or {}
+    return str(init.get("from_workdir") or init.get("from_checkpoint"))
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: NumPy scalars/arrays converted, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if value is MISSING:
+        return str(MISSING)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _eval_history(metrics_path: str) -> list[dict]:
+    """Learning-curve records rebuilt from ``metrics.jsonl``'s validation records."""
     if not os.path.isfile(metrics_path):
         return []
-    by_epoch: dict[int, dict] = {}  # a resumed run may repeat an epoch: keep the last record
+    by_step: dict[int, dict] = {}  # a resumed run may repeat a step: keep the last record
     with open(metrics_path) as handle:
         for line in handle:
             record = json.loads(line)
             if record.get("split") == "val":
-                by_epoch[record["epoch"]] = {
-                    "epoch": record["epoch"],
+                by_step[record["step"]] = {
+                    "epoch": record.get("epoch", record["step"]),
                     "train_loss": record.get("train_loss", math.nan),
                     "train_accuracy": record.get("train_accuracy", math.nan),
-                    "val_loss": record["loss"],
-                    "val_accuracy": record["accuracy"],
+                    "val_loss": record.get("loss", math.nan),
+                    "val_accuracy": record.get("accuracy", math.nan),
                 }
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    return [by_step[step] for step in sorted(by_step)]

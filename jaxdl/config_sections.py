@@ -1,0 +1,81 @@
+"""Config sections every experiment shares (mesh, distributed, checkpoint, logging, init, early
+stopping), with their defaults, so experiment files state only what is theirs.
+
+Each function returns a fresh ``ConfigDict``; optional fields are ``placeholder``s so they can be
+overridden from the command line (``--config.mesh.strategy=fsdp``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def mesh(strategy: str = "dp") -> ml_collections.ConfigDict:
+    """``strategy``: dp | fsdp | tp | dp_tp | fsdp_tp | custom; axis sizes (-1 = the rest)."""
+    return ml_collections.ConfigDict(
+        {"strategy": strategy, "data": -1, "fsdp": 1, "sequence": 1, "tensor": 1}
+    )
+
+
+def distributed() -> ml_collections.ConfigDict:
+    """Multi-host: ``enabled='auto'`` initialises on SLURM / TPU pods, else explicit fields."""
+    section = ml_collections.ConfigDict()
+    section.enabled = "auto"
+    section.coordinator_address = config_dict.placeholder(str)
+    section.num_processes = 1
+    section.process_id = 0
+    section.cpu_collectives = config_dict.placeholder(str)
+    return section
+
+
+def checkpoint(max_to_keep: int = 2, every_steps: int | None = None) -> ml_collections.ConfigDict:
+    """Latest-N checkpoints every ``every_steps`` steps (and after every evaluation)."""
+    section = ml_collections.ConfigDict()
+    section.max_to_keep = max_to_keep
+    section.every_steps = config_dict.placeholder(int)
+    section.every_steps = every_steps
+    section.async_save = True
+    return section
+
+
+def logging(every_steps: int = 10) -> ml_collections.ConfigDict:
+    """Train-metric window, TensorBoard, W&B and an optional profiler trace window."""
+    section = ml_collections.ConfigDict()
+    section.every_steps = every_steps
+    section.tensorboard = True
+    # (start, stop) steps of a jax.profiler trace into <workdir>/profile; None: no trace.
+    section.profile_steps = config_dict.placeholder(tuple)
+    section.wandb = ml_collections.ConfigDict()
+    section.wandb.mode = "disabled"  # online | offline | disabled
+    section.wandb.project = "jaxdl"
+    section.wandb.entity = config_dict.placeholder(str)
+    section.wandb.name = config_dict.placeholder(str)
+    section.wandb.run_id = config_dict.placeholder(str)
+    return section
+
+
+def init(take: tuple[str, ...] = ("params/*", "batch_stats/*")) -> ml_collections.ConfigDict:
+    """Start from other weights: a jaxdl workdir's best/latest checkpoint or an Orbax checkpoint.
+
+    ``take`` / ``reinit`` are fnmatch patterns over 'params/...' and 'batch_stats/...' paths
+    (e.g. ``reinit=('params/head/*',)`` for a new classifier head).
+    """
+    section = ml_collections.ConfigDict()
+    section.from_workdir = config_dict.placeholder(str)
+    section.from_checkpoint = config_dict.placeholder(str)
+    section.checkpoint = "best"  # best | latest (from_workdir)
+    section.take = take
+    section.reinit = ()
+    return section
+
+
+def early_stopping(monitor: str, mode: str) -> ml_collections.ConfigDict:
+    """``patience`` counts evaluations without improvement (None: never stop early)."""
+    section = ml_collections.ConfigDict()
+    section.monitor = monitor
+    section.mode = mode
+    section.patience = config_dict.placeholder(int)
+    section.min_delta = 0.0
+    section.restore_best = True
+    return section

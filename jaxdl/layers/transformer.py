@@ -1,0 +1,172 @@
+"""Pre-LayerNorm Transformer block and block stack with logically named parameters.
+
+Built for scaling the MaxText way: every parameter and activation carries logical axis names;
+``scan_layers`` stacks the blocks with ``nn.scan`` (one compiled block, so compile time does not
+grow with depth; stacked params get a leading 'layers' axis); ``remat_policy`` trades memory for
+recomputation with ``jax.checkpoint`` policies. Outside a mesh / logical-axis-rules context the
+names are inert, so the blocks also work standalone.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdl.layers.attention import EMBED_ACTIVATION_AXES, MultiHeadAttention
+from jaxdl.layers.mlp import MlpBlock
+from jaxdl.layers.normalization import make_norm
+from jaxdl.layers.remat import REMAT_POLICIES, remat_call
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))); [B, T, E] -> [B, T, E].
+
+    Parameters: ``attn_norm``, ``attention`` (a MultiHeadAttention with head_dim E / num_heads),
+    ``mlp_norm`` and ``mlp`` (an MlpBlock).
+    """
+
+    num_heads: int
+    mlp_dim: int
+    causal: bool
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
+    ) -> jax.Array:
+        """Apply the block to ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = real token)
+        hides padded keys; ``train`` enables dropout (needs a 'dropout' rng)."""
+        if x.shape[-1] % self.num_heads:
+            raise ValueError(
+                f"embed dim {x.shape[-1]} is not divisible by num_heads={self.num_heads}"
+            )
+        norm = functools.partial(
+            make_norm,
+            "layer",
+            axis_name="embed",
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        residual_dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+
+        y = norm(name="attn_norm")(x)
+        y = MultiHeadAttention(
+            num_heads=self.num_heads,
+            head_dim=x.shape[-1] // self.num_heads,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            dropout_rate=self.dropout_rate,
+            causal=self.causal,
+            name="attention",
+        )(y, padding_mask, train=train)
+        x = nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
+
+        y = norm(name="mlp_norm")(x)
+        y = MlpBlock(
+            self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="mlp",
+        )(y, train=train)
+        return nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
+
+
+def _apply_block(
+    block: TransformerBlock,
+    x: jax.Array,
+    padding_mask: jax.Array | None,
+    train: bool,
+    *,
+    remat_policy: str,
+    prevent_cse: bool,
+) -> jax.Array:
+    """``block(x, padding_mask, train=train)``, rematerialised unless ``remat_policy='none'``."""
+    if remat_policy == "none":
+        return block(x, padding_mask, train=train)
+    return remat_call(
+        block, x, padding_mask, train=train, policy=remat_policy, prevent_cse=prevent_cse
+    )
+
+
+class TransformerStack(nn.Module):
+    """``num_layers`` TransformerBlocks then a final LayerNorm: [B, T, E] -> [B, T, E].
+
+    With ``scan_layers`` the blocks live under ``layers`` with a leading [num_layers] axis
+    named 'layers'; otherwise under ``layers_0`` ... ``layers_{n-1}``. ``remat_policy``
+    (one of REMAT_POLICIES, 'none' = no remat) wraps each block in ``nn.remat``.
+    """
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    causal: bool
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan_layers: bool = True
+    remat_policy: str = "none"
+
+    def __post_init__(self) -> None:
+        """Validate hyper-parameters at construction so bad configs fail early."""
+        if self.num_layers < 1:
+            raise ValueError(f"TransformerStack num_layers must be >= 1, got {self.num_layers}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"TransformerStack remat_policy must be one of {REMAT_POLICIES}, "
+                f"got {self.remat_policy!r}"
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
+    ) -> jax.Array:
+        """Run the blocks over ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = token)."""
+        block_kwargs = {
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "causal": self.causal,
+            "dropout_rate": self.dropout_rate,
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+        }
+        if self.scan_layers:
+            # nn.scan's body maps (carry, *broadcast inputs) -> (carry, per-step output); the
+            # block itself keeps its plain signature. padding_mask and the Python bool train are
+            # broadcast (the same for every layer); prevent_cse is only needed outside scan
+            # (MaxText does the same).
+            def scan_body(block, carry, mask, train_):
+                out = _apply_block(
+                    block, carry, mask, train_, remat_policy=self.remat_policy, prevent_cse=False
+                )
+                return out, None
+
+            scanned = nn.scan(
+                scan_body,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(TransformerBlock(**block_kwargs, name="layers"), x, padding_mask, train)
+        else:
+            for i in range(self.num_layers):
+                block = TransformerBlock(**block_kwargs, name=f"layers_{i}")
+                x = _apply_block(
+                    block, x, padding_mask, train, remat_policy=self.remat_policy, prevent_cse=True
+                )
+        return make_norm(
+            "layer",
+            axis_name="embed",
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="final_norm",
+        )(x)

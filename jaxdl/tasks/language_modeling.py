@@ -1,0 +1,119 @@
+"""Causal language modelling: next-token cross-entropy under a loss mask, perplexity, tokens/s.
+
+Records hold ``tokens`` int32 [T+1] and ``loss_mask`` float32 [T+1] (1 = real token). The model
+reads
+``tokens[:, :-1]`` and is scored on predicting ``tokens[:, 1:]`` wherever ``loss_mask[:, 1:]`` is 1,
+so padding at the end of a document or of the last window never counts. Evaluation also scores a
+unigram model fitted on the training split (add-one smoothed) on exactly the same targets: the
+baseline a language model must beat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdl.tasks.base import EXAMPLE_MASK, Batch, BatchSpec, Field, Forward, Task, masked_mean
+
+
+def unigram_log_probs(counts: np.ndarray) -> np.ndarray:
+    """Add-one smoothed unigram log-probabilities float32 [vocab] from token counts [vocab]."""
+    counts = np.asarray(counts, dtype=np.float64) + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def _safe_exp(value: float) -> float:
+    return math.exp(value) if value < 700 else math.inf
+
+
+class LanguageModeling(Task):
+    """Next-token prediction with a decoder LM: ``model(tokens[:, :-1])`` → logits [B, T, V]."""
+
+    name = "language_modeling"
+    throughput_unit = "tokens"
+    default_monitor = ("val_loss", "min")
+
+    def __init__(self, seq_len: int, unigram_counts: np.ndarray | None = None, pad_id: int = 0):
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        self.seq_len = int(seq_len)
+        self.pad_id = int(pad_id)
+        self.unigram = None if unigram_counts is None else unigram_log_probs(unigram_counts)
+
+    def batch_spec(self) -> BatchSpec:
+        length = (self.seq_len + 1,)
+        return {
+            "tokens": Field(np.int32, length, pad_value=self.pad_id),
+            "loss_mask": Field(np.float32, length, pad_value=0.0),
+        }
+
+    def model_inputs(self, batch: Batch) -> tuple[tuple, dict]:
+        return (batch["tokens"][:, :-1],), {}
+
+    def _token_losses(self, forward: Forward, batch: Batch):
+        """Per-position NLL [B, T], targets [B, T], weights [B, T] and logits."""
+        args, kwargs = self.model_inputs(batch)
+        logits = forward(*args, **kwargs).astype(jnp.float32)
+        targets = batch["tokens"][:, 1:]
+        weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        return nll, targets, weights, logits
+
+    def loss(self, forward: Forward, batch: Batch):
+        nll, targets, weights, logits = self._token_losses(forward, batch)
+        accuracy = masked_mean(jnp.argmax(logits, -1) == targets, weights)
+        return masked_mean(nll, weights), {"accuracy": accuracy}
+
+    def eval_sums(self, forward: Forward, batch: Batch) -> dict[str, jax.Array]:
+        nll, targets, weights, logits = self._token_losses(forward, batch)
+        weights = weights * batch[EXAMPLE_MASK].astype(jnp.float32)[:, None]
+        sums = {
+            "nll_sum": jnp.sum(nll * weights),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * weights),
+            "tokens": jnp.sum(weights),
+        }
+        if self.unigram is not None:
+            log_probs = jnp.asarray(self.unigram)[targets]
+            sums["unigram_nll_sum"] = -jnp.sum(log_probs * weights)
+        return sums
+
+    def summarize(self, sums: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        tokens = max(float(sums["tokens"]), 1.0)
+        loss = float(sums["nll_sum"]) / tokens
+        results = {
+            "loss": loss,
+            "perplexity": _safe_exp(loss),
+            "bits_per_token": loss / math.log(2),
+            "accuracy": float(sums["correct"]) / tokens,
+            "tokens": int(round(float(sums["tokens"]))),
+        }
+        if "unigram_nll_sum" in sums:
+            unigram_loss = float(sums["unigram_nll_sum"]) / tokens
+            results["unigram_loss"] = unigram_loss
+            results["unigram_perplexity"] = _safe_exp(unigram_loss)
+            results["perplexity_ratio_to_unigram"] = results["perplexity"] / _safe_exp(unigram_loss)
+        return results
+
+    def predict(self, forward: Forward, inputs: Batch) -> jax.Array:
+        """The most likely next token at every position: int32 [B, T]."""
+        args, kwargs = self.model_inputs(inputs)
+        return jnp.argmax(forward(*args, **kwargs), -1).astype(jnp.int32)
+
+    def throughput(self, global_batch_size: int) -> int:
+        return global_batch_size * self.seq_len
+
+    def summary_rows(self, results: Mapping[str, Any]) -> list[tuple[str, str]]:
+        rows = [
+            ("loss (nats/token)", f"{results['loss']:.4f}"),
+            ("perplexity", f"{results['perplexity']:.3f}"),
+            ("next-token accuracy", f"{results['accuracy']:.4f}"),
+        ]
+        if "unigram_perplexity" in results:
+            rows.append(("unigram perplexity", f"{results['unigram_perplexity']:.3f}"))
+        return rows

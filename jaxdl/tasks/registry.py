@@ -1,0 +1,95 @@
+"""Task registry: ``config.task.name`` → a builder that fills the task from the config and data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from jaxdl.data.augment import make_augmenter
+from jaxdl.data.records import DataSplits
+from jaxdl.errors import ConfigError, DataError
+from jaxdl.tasks.base import Task
+from jaxdl.tasks.classification import ImageClassification, SequenceClassification
+from jaxdl.tasks.language_modeling import LanguageModeling
+
+TaskBuilder = Callable[[ml_collections.ConfigDict, DataSplits, ml_collections.ConfigDict], Task]
+
+_REGISTRY: dict[str, TaskBuilder] = {}
+
+
+def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
+    """Registers ``builder(task_config, data, config) -> Task`` under ``name``."""
+
+    def decorator(builder: TaskBuilder) -> TaskBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"task {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def available_tasks() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_task(config: ml_collections.ConfigDict, data: DataSplits) -> Task:
+    """The task of ``config.task`` for ``data``; checks that the data's records fit the task."""
+    task_config = config.get("task") or ml_collections.ConfigDict({"name": "image_classification"})
+    name = task_config.get("name")
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown task.name {name!r}; available: {available_tasks()}")
+    task = _REGISTRY[name](task_config, data, config)
+    for split in ("train", "val", "test"):
+        source = data.get(split)
+        if len(source) == 0:
+            raise DataError(f"the {split} split is empty")
+        task.check_record(source[0], f"{split} split")
+    return task
+
+
+def _first(data: DataSplits, field: str, task: str) -> np.ndarray:
+    record = data.train[0]
+    if field not in record:
+        raise DataError(f"task {task!r} needs field {field!r}; records have {sorted(record)}")
+    return np.asarray(record[field])
+
+
+def _class_names(data: DataSplits) -> list[str] | None:
+    names = data.info.get("class_names")
+    if names is None and data.info.get("num_classes"):
+        names = [str(i) for i in range(int(data.info["num_classes"]))]
+    return names
+
+
+@register_task("image_classification")
+def _image_classification(task_config, data, config) -> Task:
+    return ImageClassification(
+        input_shape=_first(data, "inputs", "image_classification").shape,
+        class_names=_class_names(data),
+        label_smoothing=float(task_config.get("label_smoothing", 0.0)),
+        augment=make_augmenter(config.get("augment", ml_collections.ConfigDict())),
+    )
+
+
+@register_task("sequence_classification")
+def _sequence_classification(task_config, data, config) -> Task:
+    del config
+    return SequenceClassification(
+        max_len=_first(data, "tokens", "sequence_classification").shape[0],
+        class_names=_class_names(data),
+        label_smoothing=float(task_config.get("label_smoothing", 0.0)),
+        pad_id=int(data.info.get("pad_id", 0)),
+    )
+
+
+@register_task("language_modeling")
+def _language_modeling(task_config, data, config) -> Task:
+    del task_config, config
+    return LanguageModeling(
+        seq_len=_first(data, "tokens", "language_modeling").shape[0] - 1,
+        unigram_counts=data.info.get("unigram_counts"),
+        pad_id=int(data.info.get("pad_id", 0)),
+    )

@@ -1,0 +1,150 @@
+"""Starting a run from other weights: a jaxdl workdir or any Orbax checkpoint of a params tree.
+
+``config.init`` names the source and which parameter subtrees to take; everything else keeps its
+fresh initialisation. Fine-tuning a pretrained encoder with a new head, importing converted
+torchvision weights and loading a distillation teacher all go through ``warm_start``.
+
+Paths are ``/``-joined tree keys of the train state:
+``params/encoder/layers/attention/query/kernel``,
+``batch_stats/stem_norm/mean``. Patterns are shell-style (``fnmatch``): ``params/*`` takes all
+parameters, ``params/head/*`` names the classifier head.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxdl.checkpoint import key_path_str
+from jaxdl.errors import ConfigError
+
+DEFAULT_TAKE = ("params/*", "batch_stats/*")
+# Subtrees of the train state that can be taken from another run (optimiser state, step and rng
+# always start fresh).
+TRANSFERABLE = ("params", "batch_stats")
+
+
+def flatten_paths(tree: Any) -> dict[str, Any]:
+    """``{'params/a/kernel': leaf, ...}`` for a nested tree of arrays/metadata."""
+    return {key_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _matches(path: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
+
+
+def resolve_source(init_config: Mapping[str, Any]) -> str | None:
+    """The directory of the Orbax item to read weights from, or None when ``init`` names none.
+
+    ``from_workdir``: that run's best checkpoint (else its latest; ``init.checkpoint`` = 'latest'
+    forces the latest). ``from_checkpoint``: an Orbax checkpoint directory holding the state
+    (a jaxdl step directory or its ``state`` item) or a plain params tree.
+    """
+    workdir, checkpoint = init_config.get("from_workdir"), init_config.get("from_checkpoint")
+    if workdir and checkpoint:
+        raise ConfigError("set init.from_workdir or init.from_checkpoint, not both")
+    if checkpoint:
+        if not os.path.isdir(checkpoint):
+            raise ConfigError(f"init.from_checkpoint: no checkpoint directory at {checkpoint}")
+        state_dir = os.path.join(checkpoint, "state")
+        return state_dir if os.path.isdir(state_dir) else checkpoint
+    if not workdir:
+        return None
+    which = init_config.get("checkpoint") or "best"
+    if which not in ("best", "latest"):
+        raise ConfigError(f"init.checkpoint must be 'best' or 'latest', got {which!r}")
+    candidates = ["best", "checkpoints"] if which == "best" else ["checkpoints"]
+    for sub in candidates:
+        directory = os.path.join(workdir, sub)
+        steps = (
+            [int(d) for d in os.listdir(directory) if d.isdigit()]
+            if os.path.isdir(directory)
+            else []
+        )
+        if steps:
+            return os.path.join(directory, str(max(steps)), "state")
+    raise ConfigError(f"init.from_workdir: no checkpoint in {workdir}")
+
+
+def warm_start(
+    state: Any,
+    init_config: Mapping[str, Any],
+    *,
+    take: Sequence[str] | None = None,
+) -> tuple[Any, list[str]]:
+    """Replaces the leaves of ``state`` chosen by ``init.take`` minus ``init.reinit`` with the
+    source checkpoint's; returns the new state and the paths taken.
+
+    Each taken leaf is read straight into the destination's sharding (Orbax partial restore), so
+    no host holds the whole source. A chosen leaf missing from the source, or of another shape,
+    is a ``ConfigError`` naming it; add it to ``init.reinit`` to keep it fresh.
+    """
+    source = resolve_source(init_config)
+    if source is None:
+        return state, []
+    take = tuple(take or init_config.get("take") or DEFAULT_TAKE)
+    reinit = tuple(init_config.get("reinit") or ())
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        metadata = checkpointer.metadata(source).item_metadata.tree
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise ConfigError(f"init: cannot read checkpoint {source}: {error}") from None
+    available = flatten_paths(metadata)
+    destination = {
+        name: getattr(state, name) for name in TRANSFERABLE if getattr(state, name, None)
+    }
+    chosen = {
+        path: leaf
+        for path, leaf in flatten_paths(destination).items()
+        if _matches(path, take) and not _matches(path, reinit)
+    }
+    if not chosen:
+        raise ConfigError(f"init.take {list(take)} (minus init.reinit) selects no parameter")
+    for path, leaf in chosen.items():
+        if path not in available:
+            raise ConfigError(
+                f"init: {path} is not in {source} (add it to init.reinit to keep it fresh)"
+            )
+        if tuple(available[path].shape) != tuple(leaf.shape):
+            raise ConfigError(
+                f"init: {path} has shape {tuple(available[path].shape)} in the source but "
+                f"{tuple(leaf.shape)} here (add it to init.reinit to keep it fresh)"
+            )
+    target = _nest(
+        {
+            path: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+            for path, leaf in chosen.items()
+        }
+    )
+    restored = checkpointer.restore(
+        source,
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        ),
+    )
+    values = flatten_paths(restored)
+    updated = {}
+    for name, subtree in destination.items():
+        updated[name] = jax.tree_util.tree_map_with_path(
+            lambda p, leaf, name=name: values.get(f"{name}/{key_path_str(p)}", leaf), subtree
+        )
+    return state.replace(**updated), sorted(chosen)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict:
+    """``{'a/b': x}`` → ``{'a': {'b': x}}``."""
+    nested: dict = {}
+    for path, value in flat.items():
+        node = nested
+        *parents, last = path.split("/")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return nested
