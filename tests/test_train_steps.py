@@ -9,6 +9,7 @@ import pytest
 from jaxdl.experiment import global_batch_size
 from jaxdl.models import get_model
 from jaxdl.parallel import batch_sharding, make_mesh, shard_batch
+from jaxdl.tasks import ImageClassification
 from jaxdl.train import (
     ShardedStep,
     classification_loss,
@@ -64,7 +65,13 @@ def test_microbatches_must_divide_the_batch():
 
 def test_eval_step_ignores_padded_examples():
     state, _, sharding, shardings, mesh = _setup(1)
-    eval_step = ShardedStep(make_eval_step(10), mesh, shardings, sharding, returns_state=False)
+    eval_step = ShardedStep(
+        make_eval_step(ImageClassification(num_classes=10)),
+        mesh,
+        shardings,
+        sharding,
+        returns_state=False,
+    )
     batch = _batch()
     mask = np.zeros(32, np.float32)
     mask[:20] = 1.0

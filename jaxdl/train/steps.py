@@ -52,7 +52,10 @@ def make_train_step(
     The step key is ``fold_in(state.rng, state.step)``, split into the batch-preparation
     (augmentation) key and the dropout key, so a resumed run draws the same randomness. With
     ``microbatches > 1`` the batch is split and gradients are accumulated in a ``lax.scan`` before
-    one optimiser update. Returns ``loss``, the task's aux metrics and ``grad_norm``.
+    one optimiser update; the micro-batches' mean losses are averaged with equal weights, which
+    equals the full-batch loss when they hold equally many targets (always for classification; for
+    language modelling when padding is spread evenly). Returns ``loss``, the task's aux metrics and
+    ``grad_norm``.
     """
     task = task or ImageClassification()
     if microbatches < 1:

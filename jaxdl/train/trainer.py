@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -100,7 +101,7 @@ class Trainer:
         """The task's metrics of ``state`` (default: current) on a split, summed over all
         batches and hosts."""
         state = self.state if state is None else state
-        sums = None
+        outputs = []
         for local in iterate_eval_batches(
             source,
             batch_size=self.exp.eval_batch_size // jax.process_count(),
@@ -108,9 +109,11 @@ class Trainer:
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
         ):
-            out = self.eval_step(state, shard_batch(local, self.exp.batch_sharding))
-            sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-        return self.task.summarize(jax.device_get(sums))
+            outputs.append(self.eval_step(state, shard_batch(local, self.exp.batch_sharding)))
+        # Summed on the host in float64: float32 sums stop counting exactly past 2**24 tokens.
+        host = jax.device_get(outputs)
+        sums = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *host)
+        return self.task.summarize(sums)
 
     def check_resume(self) -> int | None:
         """The step to resume from (None: fresh run), after the fingerprint and structure checks.
@@ -162,9 +165,7 @@ class Trainer:
         wandb_config = self.config.get("logging", {}).get("wandb", {}) or {}
         run_id = wandb_config.get("run_id")
         if not run_id and wandb_config.get("mode", "disabled") != "disabled":
-            import wandb
-
-            run_id = wandb.util.generate_id()
+            run_id = uuid.uuid4().hex[:8]  # W&B's id format: 8 lowercase alphanumerics
         return {"wandb_run_id": run_id}
 
     def _writers(self):
