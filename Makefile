@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 WORKDIR ?= runs/digits
 
-.PHONY: train test bench clean
+.PHONY: train test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ train: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check jaxdl tests benchmarks experiments
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 2 -m "not slow"
+
+# End-to-end runs of the shipped experiments (minutes each): run before resolving an issue.
+test-slow: $(TEST_STAMP)
+	$(BIN)/pytest -q -m slow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/digits_time_to_accuracy.py

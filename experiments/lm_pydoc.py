@@ -17,7 +17,7 @@ from jaxdl.config import parse_config_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_config_arg(arg, steps=1200, layers=4, width=128, seq_len=128, batch_size=32)
+    args = parse_config_arg(arg, steps=600, layers=4, width=128, seq_len=128, batch_size=32)
     config = ml_collections.ConfigDict()
     config.seed = 0
 

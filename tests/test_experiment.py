@@ -160,3 +160,21 @@ def test_missing_or_corrupt_data_files_are_data_errors(tmp_path):
     wrong_option = ml_collections.ConfigDict({"name": "digits", "options": {"size": 3}})
     with pytest.raises(ConfigError, match="data.options"):
         load_data(wrong_option)
+
+
+def test_parallel_models_and_data_import_nothing_from_the_layers_above():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "jaxdl"
+    above = ("jaxdl.train", "jaxdl.experiment", "jaxdl.tasks", "jaxdl.cli")
+    for package in ("parallel", "models", "layers", "data"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                for name in names:
+                    assert not name.startswith(above), f"{path} imports {name}"

@@ -60,7 +60,8 @@ def test_train_writes_every_output(trained_workdir):
     assert any(
         p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir()
     )
-    assert list((workdir / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
+    run_id = json.loads((workdir / "run.json").read_text())["wandb_run_id"]
+    assert list((workdir / "wandb").glob(f"offline-run-*-{run_id}")), "W&B offline run missing"
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert len([p for p in (workdir / "best").iterdir() if p.name.isdigit()]) == 1
 
@@ -98,9 +99,15 @@ def test_results_report_test_metrics(trained_workdir):
 def test_rerun_resumes_instead_of_retraining(trained_workdir):
     workdir, _ = trained_workdir
     before = json.loads((workdir / "results.json").read_text())
-    result = _jaxdl(*_train_args(workdir))
+    run_id = json.loads((workdir / "run.json").read_text())["wandb_run_id"]
+    result = _jaxdl(*_train_args(workdir), "--config.logging.wandb.mode=offline")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step" in result.stderr + result.stdout
+    # The resumed run logs to the same W&B run.
+    assert json.loads((workdir / "run.json").read_text())["wandb_run_id"] == run_id
+    assert {p.name.rsplit("-", 1)[-1] for p in (workdir / "wandb").glob("offline-run-*")} == {
+        run_id
+    }
     after = json.loads((workdir / "results.json").read_text())
     assert after["confusion_matrix"] == before["confusion_matrix"]
 
