@@ -112,8 +112,9 @@ def _means(values: list[Mapping[str, Any]]) -> dict[str, float]:
 
 
 class TrainLogger(Callback):
-    """Every ``every_steps`` steps: mean train metrics, learning rate and throughput to the
-    writers, and a progress bar (one per evaluation period) on the console.
+    """Windows of ``every_steps`` steps (cut short at the end of each evaluation period): mean
+    train metrics, learning rate and throughput to the writers, and a progress bar (one per
+    evaluation period) on the console.
 
     Fetching metrics synchronises with the device, so it happens once per logging window.
     """
@@ -134,7 +135,10 @@ class TrainLogger(Callback):
         self.period_steps, self.quiet = period_steps, quiet
         self._pending: list[Mapping[str, jax.Array]] = []
         self._bar: tqdm | None = None
-        self._window_start = time.perf_counter()
+        # Throughput is timed from the end of the first step of a window, so evaluation and
+        # checkpoint pauses between windows never count: None = start at the next step.
+        self._window_start: float | None = None
+        self._timed_steps = 0
 
     def _new_bar(self, loop: TrainLoop, step: int) -> None:
         if self._bar is not None:
@@ -149,38 +153,43 @@ class TrainLogger(Callback):
         )
 
     def on_train_start(self, loop: TrainLoop) -> None:
-        self._window_start = time.perf_counter()
         self._new_bar(loop, loop.step)
 
     def on_step_end(self, loop, step, metrics) -> None:
         self._pending.append(metrics)
+        if self._window_start is None:
+            self._window_start, self._timed_steps = time.perf_counter(), 0
+        else:
+            self._timed_steps += 1
         if self._bar is not None:
             self._bar.update(1)
-        if every(step, self.every_steps) or step == loop.total_steps:
+        period_end = every(step, self.period_steps)
+        if len(self._pending) >= self.every_steps or period_end or step == loop.total_steps:
             self._flush(loop, step)
-        if every(step, self.period_steps) and step < loop.total_steps:
+        if period_end and step < loop.total_steps:
             self._new_bar(loop, step)
 
     def _flush(self, loop: TrainLoop, step: int) -> None:
         if not self._pending:
             return
-        means = _means(self._pending)
-        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        throughput = len(self._pending) * self.units_per_step / elapsed
+        means = _means(self._pending)  # synchronises: the window's steps have finished
         record = {
             "step": step,
             "epoch": loop.epoch_at(step),
             "split": "train",
             **means,
             "learning_rate": float(self.schedule(step - 1)),
-            f"{self.unit}_per_sec": throughput,
         }
+        postfix = {"loss": f"{means['loss']:.4f}"}
+        if self._timed_steps:
+            elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+            throughput = self._timed_steps * self.units_per_step / elapsed
+            record[f"{self.unit}_per_sec"] = throughput
+            postfix[f"{self.unit[:3]}_s"] = f"{throughput:,.0f}"
         self.writer.write(record)
         if self._bar is not None:
-            self._bar.set_postfix(
-                loss=f"{means['loss']:.4f}", **{f"{self.unit[:3]}_s": f"{throughput:,.0f}"}
-            )
-        self._pending, self._window_start = [], time.perf_counter()
+            self._bar.set_postfix(**postfix)
+        self._pending, self._window_start = [], None
 
     def on_train_end(self, loop: TrainLoop) -> None:
         self._flush(loop, loop.step)
