@@ -2,7 +2,8 @@
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
-on resume) print one line and exit 2. Anything else is a bug and keeps its traceback (exit 1).
+on resume) print one line and exit 2; a locked workdir, divergence and interrupts have their own
+exit codes (``jaxdl.errors``). Anything else is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -60,11 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("--json", help="also write the report to this JSON file")
     return parser
-
-
-def _fail(message: str) -> None:
-    sys.stderr.write(f"jaxdl: error: {message}\n")
-    raise SystemExit(USAGE_ERROR)
 
 
 def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> int:
@@ -132,13 +128,14 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
-    from jaxdl.errors import UserError
+    from jaxdl.errors import JaxdlExit
 
     try:
         return _run(args, extra)
-    except UserError as error:
-        _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
-    return USAGE_ERROR
+    except JaxdlExit as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        sys.stderr.write(f"{error.prefix}{message}\n")
+        raise SystemExit(error.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def test_the_pydoc_language_model_halves_the_unigram_perplexity(tmp_path):
     val = results["val"]
     # Validation topics are disjoint from training topics; the baseline is scored on the same bytes.
     assert val["perplexity"] <= 0.5 * val["unigram_perplexity"], val
+    assert results["val_perplexity"] == val["perplexity"]
     assert results["perplexity"] <= 0.5 * results["unigram_perplexity"], results
     assert results["tokens"] > 10_000
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -228,6 +229,8 @@ class Evaluator(Callback):
         self._train.append({k: metrics[k] for k in ("loss", "accuracy") if k in metrics})
         if not (every(step, self.every_steps) or step == loop.total_steps):
             return
+        if loop.diverged is not None:
+            return
         train = {f"train_{k}": v for k, v in _means(self._train).items()}
         results = self.evaluate(loop.state)
         scalars = {
@@ -302,6 +305,50 @@ class EarlyStopper(Callback):
         self.early_stopping.load_state_dict(state)
 
 
+class InterruptCallback(Callback):
+    """Stops the loop after the step during which SIGTERM/SIGINT arrived (the checkpoint of that
+    step is then saved by ``Checkpointing``)."""
+
+    def __init__(self, handler: Any):
+        self.handler = handler
+
+    def on_step_end(self, loop, step, metrics) -> None:
+        name = self.handler.requested(step)
+        if name is not None and not loop.should_stop:
+            loop.interrupted = name
+            loop.request_stop(f"{name} received: stopping after step {step}")
+
+
+class DivergenceGuard(Callback):
+    """Watches the train step's ``nonfinite`` flag (loss or gradients not finite) on device and
+    stops the loop before a non-finite state is evaluated or saved.
+
+    The flag is OR-ed on device every step (no host sync) and read on the host only at steps
+    where something would be written: log windows, evaluations, checkpoints and the last step.
+    ``loop.diverged`` then holds the first non-finite step.
+    """
+
+    def __init__(self, check_every: tuple[int | None, ...]):
+        self.check_every = tuple(int(n) for n in check_every if n)
+        self._any: jax.Array | None = None
+        self._first: jax.Array | None = None
+
+    def on_step_end(self, loop, step, metrics) -> None:
+        bad = metrics["nonfinite"]
+        if self._any is None:
+            self._any, self._first = bad, jnp.where(bad, step, -1)
+        else:
+            self._first = jnp.where(self._any | ~bad, self._first, step)
+            self._any = self._any | bad
+        if any(every(step, n) for n in self.check_every) or step == loop.total_steps:
+            self.check(loop)
+
+    def check(self, loop) -> None:
+        if self._any is not None and bool(jax.device_get(self._any)) and loop.diverged is None:
+            loop.diverged = int(jax.device_get(self._first))
+            loop.request_stop(f"loss or gradients became non-finite at step {loop.diverged}")
+
+
 class Checkpointing(Callback):
     """Saves the latest checkpoint every ``every_steps`` steps, after each evaluation, when the
     loop stops and at the end; saves the best checkpoint when early stopping saw an improvement.
@@ -324,6 +371,11 @@ class Checkpointing(Callback):
         self.checkpointer.wait()
 
     def _save(self, loop, step: int) -> None:
+        if loop.diverged is not None:
+            return  # a non-finite state is never saved: the last finite checkpoint stays latest
+        self._write(loop, step)
+
+    def _write(self, loop, step: int) -> None:
         self.checkpointer.save(
             step,
             loop.state,

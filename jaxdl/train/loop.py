@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -38,6 +39,10 @@ class TrainLoop:
         self.last_evaluation: tuple[int, dict] | None = None
         self.should_stop = False
         self.stop_reason: str | None = None
+        self.interrupted: str | None = None  # the signal that stopped the run
+        self.diverged: int | None = None  # the first step whose loss/gradients were non-finite
+        self.train_seconds = float(self.extra_state.pop("train_seconds", 0.0))
+        self._run_start: float | None = None
 
     def epoch_at(self, step: int) -> float:
         """Epochs completed after ``step`` steps (fractional between epoch boundaries)."""
@@ -46,18 +51,25 @@ class TrainLoop:
     def request_stop(self, reason: str) -> None:
         self.should_stop, self.stop_reason = True, reason
 
+    def elapsed(self) -> float:
+        """Seconds spent training in this run and the runs it resumed (saved in checkpoints)."""
+        running = time.perf_counter() - self._run_start if self._run_start is not None else 0.0
+        return self.train_seconds + running
+
     def loop_state(self) -> dict:
-        state = {"step": self.step, **self.extra_state}
+        state = {"step": self.step, **self.extra_state, "train_seconds": self.elapsed()}
         state["callbacks"] = {type(cb).__name__: cb.state_dict() for cb in self.callbacks}
         return state
 
     def load_loop_state(self, state: dict) -> None:
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         saved = state.get("callbacks", {})
         for callback in self.callbacks:
             callback.load_state_dict(saved.get(type(callback).__name__, {}))
 
     def run(self) -> Any:
         """Trains until ``total_steps`` or a stop request; returns the final state."""
+        self._run_start = time.perf_counter()
         for callback in self.callbacks:
             callback.on_train_start(self)
         while self.step < self.total_steps and not self.should_stop:
@@ -68,4 +80,5 @@ class TrainLoop:
                 callback.on_step_end(self, self.step, metrics)
         for callback in self.callbacks:
             callback.on_train_end(self)
+        self.train_seconds, self._run_start = self.elapsed(), None
         return self.state

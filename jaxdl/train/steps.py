@@ -53,9 +53,9 @@ def make_train_step(
     (augmentation) key and the dropout key, so a resumed run draws the same randomness. With
     ``microbatches > 1`` the batch is split and gradients are accumulated in a ``lax.scan`` before
     one optimiser update; the micro-batches' mean losses are averaged with equal weights, which
-    equals the full-batch loss when they hold equally many targets (always for classification; for
-    language modelling when padding is spread evenly). Returns ``loss``, the task's aux metrics and
-    ``grad_norm``.
+    equals the full-batch loss when they hold equally many targets (always for classification;
+    for language modelling when padding is spread evenly). Returns ``loss``, the task's aux
+    metrics, ``grad_norm`` and ``nonfinite`` (the loss or gradient norm is not finite).
     """
     task = task or ImageClassification()
     if microbatches < 1:
@@ -100,7 +100,9 @@ def make_train_step(
                 loss_and_grads, state, batch, dropout_key, microbatches
             )
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-        return new_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
+        grad_norm = optax.tree.norm(grads)
+        nonfinite = ~(jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm))
+        return new_state, {**metrics, "grad_norm": grad_norm, "nonfinite": nonfinite}
 
     return train_step
 

@@ -5,11 +5,11 @@ Side effects (I/O, logging, checkpoints) live here and in the callbacks; the ste
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -22,22 +22,26 @@ from jaxdl.checkpoint import Checkpointer, abstract_like, tree_shapes
 from jaxdl.config import MISSING, config_diff, save_config
 from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader
 from jaxdl.data.records import RecordSource
-from jaxdl.errors import UserError
+from jaxdl.errors import DivergedError, InterruptedRun, UserError
 from jaxdl.loggers import make_writers
 from jaxdl.metrics import plot_learning_curves
 from jaxdl.parallel import is_main_process, shard_batch
 from jaxdl.train.callbacks import (
     Checkpointing,
+    DivergenceGuard,
     EarlyStopper,
     EarlyStopping,
     Evaluator,
+    InterruptCallback,
     Profiler,
     TrainLogger,
 )
 from jaxdl.train.fingerprint import fingerprint_digest
+from jaxdl.train.interrupts import InterruptHandler
 from jaxdl.train.loop import TrainLoop
 from jaxdl.train.state import TrainState, count_params
 from jaxdl.train.warm_start import warm_start
+from jaxdl.train.workdir_lock import WorkdirLock
 
 if TYPE_CHECKING:
     from jaxdl.experiment import Experiment
@@ -179,21 +183,25 @@ class Trainer:
                 json.dump(info, handle)
         return make_writers(logging_config, self.workdir, self.config.to_dict())
 
-    def _callbacks(self, writer) -> list:
+    def _callbacks(self, writer, interrupts: InterruptHandler) -> list:
         exp, cfg = self.exp, self.config
         train_cfg, log_cfg = cfg.train, cfg.get("logging", {})
         eval_every = int(train_cfg.get("eval_every_steps") or exp.steps_per_epoch)
         stopper = EarlyStopper(self.early_stopping, self._print)
+        checkpoint_every = cfg.get("checkpoint", {}).get("every_steps")
+        log_every = int(log_cfg.get("every_steps", 10))
         callbacks = [
             TrainLogger(
                 writer,
-                every_steps=int(log_cfg.get("every_steps", 10)),
+                every_steps=log_every,
                 schedule=exp.schedule,
                 units_per_step=self.task.throughput(exp.global_batch_size),
                 unit=self.task.throughput_unit,
                 period_steps=eval_every,
                 quiet=self.quiet,
             ),
+            DivergenceGuard(check_every=(log_every, eval_every, checkpoint_every)),
+            InterruptCallback(interrupts),
             Evaluator(
                 lambda state: self.evaluate(exp.data.val, state),
                 writer,
@@ -202,11 +210,7 @@ class Trainer:
                 print_line=self._print,
             ),
             stopper,
-            Checkpointing(
-                self.checkpointer,
-                every_steps=cfg.get("checkpoint", {}).get("every_steps"),
-                stopper=stopper,
-            ),
+            Checkpointing(self.checkpointer, every_steps=checkpoint_every, stopper=stopper),
         ]
         profile = log_cfg.get("profile_steps")
         if profile:
@@ -219,7 +223,15 @@ class Trainer:
         best state on the test split.
 
         Writes config.json, metrics.jsonl, TensorBoard events, checkpoints, results.json, plots.
+        Holds the workdir's lock throughout (``WorkdirLockedError`` if another run has it).
+        SIGTERM/SIGINT save at the next step boundary and raise ``InterruptedRun``; a non-finite
+        loss stops before anything non-finite is saved and raises ``DivergedError``.
         """
+        lock = WorkdirLock(self.workdir) if is_main_process() else contextlib.nullcontext()
+        with lock, InterruptHandler() as interrupts:
+            return self._fit(interrupts)
+
+    def _fit(self, interrupts: InterruptHandler) -> dict:
         exp, cfg = self.exp, self.config
         resume_step = self.check_resume()
         fingerprint = exp.fingerprint()
@@ -251,8 +263,10 @@ class Trainer:
             self.state, taken = warm_start(self.state, cfg.get("init", {}) or {})
             if taken:
                 self._print(f"initialised {len(taken)} arrays from {_init_source(cfg)}")
+        if is_main_process():
+            _truncate_log(os.path.join(self.workdir, "metrics.jsonl"), resume_step or 0)
         writer = self._writers()
-        callbacks = self._callbacks(writer)
+        callbacks = self._callbacks(writer, interrupts)
         loop = TrainLoop(
             state=self.state,
             train_step=self.train_step,
@@ -269,9 +283,22 @@ class Trainer:
             f"mesh {dict(exp.mesh.shape)} | global batch {exp.global_batch_size} | "
             f"{exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps"
         )
-        train_start = time.perf_counter()
         self.state = loop.run()
-        train_seconds = time.perf_counter() - train_start
+        if loop.diverged is not None or loop.interrupted is not None:
+            writer.close()
+            self.checkpointer.close()
+            latest = self.checkpointer.latest_step()
+            if loop.diverged is not None:
+                kept = f"step {latest}" if latest is not None else "none"
+                raise DivergedError(
+                    f"loss or gradients became non-finite at step {loop.diverged}; the last finite "
+                    f"checkpoint ({kept}) is kept in {self.workdir}; lower "
+                    "optimizer.learning_rate or set optimizer.clip_global_norm"
+                )
+            raise InterruptedRun(
+                f"{loop.interrupted}: saved step {latest} in {self.workdir}; run the same command "
+                "again to resume"
+            )
         final_state = self.state
         if self.restore_best and self.checkpointer.best_step() is not None:
             final_state, _ = self.checkpointer.restore_best(abstract_like(self.state))
@@ -283,9 +310,10 @@ class Trainer:
             "best_step": self.early_stopping.best_step,
             f"best_{self.early_stopping.monitor}": self.early_stopping.best,
             "stopped_early": loop.stop_reason is not None,
-            "train_seconds": train_seconds,
+            "train_seconds": loop.elapsed(),
             **self.evaluate(exp.data.test, final_state),
             "val": _scalars(val),
+            **{f"val_{k}": v for k, v in _scalars(val).items()},
         }
         if is_main_process():
             self._write_outputs(results, evaluator.history, "test")
@@ -364,6 +392,27 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _truncate_log(metrics_path: str, step: int) -> None:
+    """Drops records after ``step`` (those of steps a resumed run replays), so the log holds each
+    step once; a fresh run (``step`` 0) starts an empty log."""
+    if not os.path.isfile(metrics_path):
+        return
+    with open(metrics_path) as handle:
+        lines = handle.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if int(record.get("step", 0)) <= step:
+            kept.append(json.dumps(record) + "\n")
+    tmp = metrics_path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.writelines(kept)
+    os.replace(tmp, metrics_path)
 
 
 def _eval_history(metrics_path: str) -> list[dict]:

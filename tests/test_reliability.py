@@ -1,0 +1,156 @@
+"""Runs that end early end cleanly: one writer per workdir, signals, divergence, replayed logs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxdl.errors import DivergedError, WorkdirLockedError
+from jaxdl.experiment import build_experiment
+from jaxdl.train import Trainer
+from jaxdl.train.workdir_lock import LOCK_NAME, WorkdirLock
+from tests.helpers import tiny_digits_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_second_holder_of_a_workdir_lock_is_refused_naming_the_first(tmp_path):
+    refused = pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}")
+    with WorkdirLock(str(tmp_path)), refused:
+        WorkdirLock(str(tmp_path)).acquire()
+    assert not (tmp_path / LOCK_NAME).exists()  # released
+    WorkdirLock(str(tmp_path)).acquire()
+
+
+def test_a_lock_left_by_a_dead_process_or_cut_short_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(
+        json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "earlier"})
+    )
+    lock = WorkdirLock(str(tmp_path))
+    lock.acquire()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    lock.release()
+    (tmp_path / LOCK_NAME).write_text('{"pid": 1')  # a kill while writing it
+    WorkdirLock(str(tmp_path)).acquire()
+
+
+def test_a_diverging_run_stops_keeping_only_finite_checkpoints(tmp_path):
+    config = tiny_digits_config(
+        2,
+        "--config.optimizer.learning_rate=1e6",
+        "--config.checkpoint.every_steps=2",
+        "--config.schedule.warmup_epochs=0",
+    )
+    trainer = Trainer(build_experiment(config), str(tmp_path), quiet=True)
+    with pytest.raises(DivergedError, match=r"non-finite at step \d+; the last finite checkpoint"):
+        trainer.fit()
+    assert not (tmp_path / "results.json").exists()
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    for step in steps:
+        restored = ocp.PyTreeCheckpointer().restore(tmp_path / "checkpoints" / str(step) / "state")
+        for leaf in jax.tree.leaves(restored["params"]):
+            assert np.all(np.isfinite(leaf)), step
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("nonfinite") for r in records if r["split"] == "train")
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_the_state_of_a_non_finite_step_is_never_saved_or_evaluated(tmp_path):
+    config = tiny_digits_config(
+        3, "--config.checkpoint.every_steps=2", "--config.train.eval_every_steps=4"
+    )
+    trainer = Trainer(build_experiment(config), str(tmp_path), quiet=True)
+    step, calls = trainer.train_step, {"n": 0}
+
+    def poisoned(state, batch):  # from the 7th step on, the update turns every weight into NaN
+        state, metrics = step(state, batch)
+        calls["n"] += 1
+        if calls["n"] >= 7:
+            state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+            metrics = {**metrics, "loss": metrics["loss"] * np.nan, "nonfinite": np.True_}
+        return state, metrics
+
+    trainer.train_step = poisoned
+    with pytest.raises(DivergedError, match=r"non-finite at step 7; .* \(step 6\)"):
+        trainer.fit()
+    assert trainer.checkpointer.latest_step() == 6
+    assert trainer.checkpointer.best_step() == 4
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "val"] == [4]
+
+
+def _cli(workdir, *extra):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    command = [
+        sys.executable, "-m", "jaxdl", "train",
+        "--config", "experiments/digits_resnet.py:depth=8,epochs=40",
+        "--workdir", str(workdir),
+        "--config.model.width=8", "--config.logging.every_steps=5",
+        "--config.checkpoint.every_steps=20", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for(predicate, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def test_sigterm_saves_at_a_step_boundary_and_the_rerun_resumes_with_a_clean_log(tmp_path):
+    workdir = tmp_path / "run"
+    first = _cli(workdir)
+    metrics = workdir / "metrics.jsonl"
+    # Training is under way once a train record past step 30 was written.
+    _wait_for(
+        lambda: (
+            metrics.exists()
+            and any(json.loads(line)["step"] > 30 for line in metrics.read_text().splitlines())
+        )
+    )
+    second = _cli(workdir)  # a second run on the same workdir is refused at once
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 3, err
+    assert err.strip().splitlines() == [err.strip()] and "in use by another run" in err
+
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 75, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("jaxdl: SIGTERM: saved step ") and "run the same command" in last
+    saved = int(last.split("saved step ")[1].split()[0])
+    assert saved > 30
+    assert saved in {int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()}
+    assert not (workdir / LOCK_NAME).exists()
+
+    # Resume for a few more steps (the schedule length is unchanged: 40 epochs), then stop it
+    # the same way: each step appears once in the log although steps after `saved` were replayed.
+    resumed = _cli(workdir)
+    _wait_for(
+        lambda: any(
+            json.loads(line)["step"] > saved + 10 for line in metrics.read_text().splitlines()
+        )
+    )
+    resumed.send_signal(signal.SIGINT)
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 75, err[-2000:]
+    assert f"resumed from step {saved}" in out + err
+    assert err.strip().splitlines()[-1].startswith("jaxdl: SIGINT: saved step ")
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    train_steps = [s for s, line in zip(steps, metrics.read_text().splitlines(), strict=True)
+                   if json.loads(line)["split"] == "train"]  # fmt: skip
+    assert len(train_steps) == len(set(train_steps)) and train_steps == sorted(train_steps)
