@@ -9,6 +9,8 @@ exit codes (``jaxdl.errors``). Anything else is a bug and keeps its traceback (e
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -96,6 +98,19 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     return 0
 
 
+def _check_writable_workdir(workdir: str) -> None:
+    """A workdir must be a directory we can write, or creatable; checked before any work."""
+    from jaxdl.errors import UserError
+
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"workdir {workdir} exists and is not a directory")
+    parent = workdir if os.path.isdir(workdir) else os.path.dirname(os.path.abspath(workdir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"workdir {workdir} is not writable")
+
+
 def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from jaxdl.config import load_config, read_config
     from jaxdl.errors import UserError
@@ -104,12 +119,19 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return _compile(args, extra)
     if args.command == "train":
         config = load_config(args.config, extra)
+        _check_writable_workdir(args.workdir)
     else:
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         if not os.path.isdir(args.workdir):
             raise UserError(f"workdir not found: {args.workdir}")
         config = read_config(os.path.join(args.workdir, "config.json"))
+        if not any(
+            os.path.isdir(os.path.join(args.workdir, sub))
+            and os.listdir(os.path.join(args.workdir, sub))
+            for sub in ("best", "checkpoints")
+        ):
+            raise UserError(f"no checkpoint in {args.workdir}")
 
     from jaxdl.experiment import build_experiment
     from jaxdl.parallel import initialize_distributed
@@ -125,8 +147,21 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _skip_absent_tpu() -> None:
+    """Keeps JAX from probing for a TPU where there is none but libtpu is installed (the ``tpu``
+    extra, which ``make test`` installs for AOT compilation): libtpu prints a page of warnings
+    there before anything else. An explicit ``JAX_PLATFORMS`` always wins."""
+    if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or os.path.exists("/dev/vfio"):  # a TPU VM
+        return
+    cuda = any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13))
+    os.environ["JAX_PLATFORMS"] = "cuda,cpu" if cuda else "cpu"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _skip_absent_tpu()
     args, extra = _parser().parse_known_args(argv)
     from jaxdl.errors import JaxdlExit
 

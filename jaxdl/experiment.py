@@ -159,6 +159,10 @@ def build_experiment(
             f"train.eval_batch_size={eval_batch} must be a multiple of the data-parallel degree "
             f"{data_parallel} and the process count {processes}"
         )
+    if global_batch > len(data.train):
+        raise ConfigError(
+            f"train.batch_size={global_batch} exceeds the {len(data.train):,} training examples"
+        )
     per_epoch = count_steps_per_epoch(len(data.train), global_batch)
     total_steps = _total_steps(config.train, per_epoch)
     schedule = _as_config_error(

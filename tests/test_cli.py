@@ -149,3 +149,32 @@ def test_help_exits_0_and_lists_the_options(args, expected):
     assert result.returncode == 0, result.stderr
     for word in expected:
         assert word in result.stdout
+
+
+def test_errors_after_jax_starts_are_one_line_without_tpu_noise(tmp_path):
+    """With libtpu installed (``make test``) but no TPU, nothing but the error reaches stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxdl", "train", "--config", DIGITS, "--workdir", str(tmp_path)]
+        + ["--config.mesh.data=3"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_usage_error(result, "mesh.data=3 has no effect")
+
+
+def test_a_workdir_that_is_a_file_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "run"
+    path.write_text("not a directory")
+    result = run_jaxdl("train", "--config", DIGITS, "--workdir", str(path))
+    assert_usage_error(result, "is not a directory")
+
+
+def test_evaluate_without_checkpoints_is_refused_and_creates_nothing(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = run_jaxdl("evaluate", "--workdir", str(tmp_path))
+    assert_usage_error(result, "no checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

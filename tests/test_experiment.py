@@ -73,6 +73,8 @@ def test_a_task_that_does_not_fit_the_data_is_a_data_error():
         ("--config.model.depth=7", "model: "),
         ("--config.schedule.name=linear", "schedule: unknown schedule name"),
         ("--config.train.batch_size=63", "multiple of the data-parallel degree"),
+        ("--config.train.batch_size=5000", "exceeds the 1,257 training examples"),
+        ("--config.mesh.data=3", "mesh.data=3 has no effect with mesh.strategy='dp'"),
     ],
 )
 def test_bad_config_values_are_config_errors(override, message):

@@ -206,3 +206,19 @@ def test_batch_sharding_splits_the_leading_axis_over_data_and_fsdp():
     # Devices differing only in the tensor coordinate hold the same rows: 4 distinct shards.
     rows = {(shard.index[0].start, shard.index[0].stop) for shard in batch.addressable_shards}
     assert rows == {(0, 4), (4, 8), (8, 12), (12, 16)}
+
+
+@pytest.mark.parametrize(
+    ("settings", "ignored"),
+    [
+        ({"strategy": "dp", "data": 3}, "mesh.data=3"),
+        ({"strategy": "fsdp", "tensor": 2}, "mesh.tensor=2"),
+        ({"strategy": "dp_tp", "tensor": 2, "data": 4}, "mesh.data=4"),
+    ],
+)
+def test_sizes_a_strategy_preset_overrides_are_errors_not_ignored(settings, ignored):
+    config = {"data": -1, "fsdp": 1, "sequence": 1, "tensor": 1, **settings}
+    with pytest.raises(ValueError, match=f"{ignored} has no effect"):
+        mesh_sizes_from_config(config, 8)
+    # The defaults (1 and -1) never count as settings.
+    assert mesh_sizes_from_config({**config, **{ignored[5:].split("=")[0]: 1}}, 8)

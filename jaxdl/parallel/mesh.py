@@ -68,6 +68,15 @@ def mesh_sizes_from_config(mesh_config: Mapping, num_devices: int) -> dict[str, 
             f"unknown mesh.strategy {strategy!r}; choose one of {['custom', *STRATEGIES]}"
         )
     preset = STRATEGIES[strategy]
+    # A preset fixes every axis it does not take from the config: a size set there would be
+    # silently ignored, so it is an error (1 and -1 are the defaults and mean "unset").
+    ignored = [a for a in MESH_AXES if preset.get(a) != 0 and explicit[a] not in (1, -1)]
+    if ignored:
+        settings = ", ".join(f"mesh.{axis}={explicit[axis]}" for axis in ignored)
+        raise ValueError(
+            f"{settings} has no effect with mesh.strategy={strategy!r}; "
+            "use mesh.strategy='custom' to set axis sizes"
+        )
     sizes = {axis: 1 for axis in MESH_AXES}
     for axis, size in preset.items():
         sizes[axis] = explicit[axis] if size == 0 else size
