@@ -10,11 +10,20 @@ via grain's Orbax handler) and a small JSON of loop state (epoch, early-stopping
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from jaxdl.errors import NoGoodCheckpointError
+from jaxdl.integrity import damaged_leaves, tree_checksums
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        sys.stderr.write(f"jaxdl: warning: {message}\n")
 
 
 def _manager(directory: str, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
@@ -47,15 +56,20 @@ class Checkpointer:
         loop_state: dict | None = None,
         is_best: bool = False,
     ) -> None:
-        """Starts an (async) save of the latest checkpoint and, if ``is_best``, of the best one."""
-        items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state or {})}
+        """Starts an (async) save of the latest checkpoint and, if ``is_best``, of the best one.
+
+        The loop state gains ``checksums`` of every array (computed on device), checked again
+        when the checkpoint is restored.
+        """
+        loop_state = {**(loop_state or {}), "checksums": tree_checksums(state)}
+        items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.latest.save(step, args=ocp.args.Composite(**items), force=True)
         if is_best:
             best_items = {
                 "state": ocp.args.StandardSave(state),
-                "loop": ocp.args.JsonSave(loop_state or {}),
+                "loop": ocp.args.JsonSave(loop_state),
             }
             self.best.save(step, args=ocp.args.Composite(**best_items), force=True)
 
@@ -81,21 +95,49 @@ class Checkpointer:
     def restore_latest(
         self, abstract_state: Any, data_iterator: Any | None = None
     ) -> tuple[Any, dict]:
-        """Restores the newest checkpoint onto ``abstract_state``'s shardings (any mesh) and, if
-        given, rewinds ``data_iterator`` in place. Returns ``(state, loop_state)``."""
-        return self._restore(self.latest, self.latest.latest_step(), abstract_state, data_iterator)
+        """Restores the newest intact checkpoint onto ``abstract_state``'s shardings (any mesh)
+        and, if given, rewinds ``data_iterator`` in place. Returns ``(state, loop_state)``.
+
+        A checkpoint that cannot be read or fails its checksums is named in a warning, moved
+        aside (``damaged-<step>``) and the previous one is tried; ``NoGoodCheckpointError`` when
+        none is intact.
+        """
+        return self._restore_newest_intact(self.latest, abstract_state, data_iterator)
 
     def restore_best(self, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores the best checkpoint; returns ``(state, loop_state)``."""
-        step = self.best.latest_step()
-        if step is None:
+        """Restores the best checkpoint (the latest intact one if the best is damaged)."""
+        if self.best.latest_step() is None:
             raise FileNotFoundError(f"no best checkpoint in {self.best.directory}")
-        return self._restore(self.best, step, abstract_state, None)
+        try:
+            return self._restore_newest_intact(self.best, abstract_state, None)
+        except NoGoodCheckpointError:
+            _warn("no intact best checkpoint; using the latest intact checkpoint instead")
+            return self.restore_latest(abstract_state)
+
+    def _restore_newest_intact(self, manager, abstract_state, data_iterator):
+        steps = sorted(manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                return self._restore(manager, step, abstract_state, data_iterator)
+            except Exception as error:  # noqa: BLE001 - any read failure means "damaged"
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+                _warn(f"checkpoint {manager.directory}/{step} is damaged ({reason[:200]})")
+                self._set_aside(manager, step)
+        raise NoGoodCheckpointError(f"no intact checkpoint in {manager.directory}")
+
+    @staticmethod
+    def _set_aside(manager, step: int) -> None:
+        """Renames a damaged step to ``damaged-<step>`` so it is neither retried nor in the way
+        of a later save of the same step."""
+        if jax.process_index() == 0:
+            directory = os.fspath(manager.directory)
+            os.replace(
+                os.path.join(directory, str(step)), os.path.join(directory, f"damaged-{step}")
+            )
+        manager.reload()
 
     @staticmethod
     def _restore(manager, step, abstract_state, data_iterator):
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {manager.directory}")
         items = {
             "state": ocp.args.StandardRestore(abstract_state),
             "loop": ocp.args.JsonRestore(),
@@ -103,7 +145,11 @@ class Checkpointer:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], dict(restored["loop"] or {})
+        loop = dict(restored["loop"] or {})
+        damaged = damaged_leaves(restored["state"], loop.get("checksums", {}))
+        if damaged:
+            raise ValueError(f"checksum mismatch in {', '.join(damaged[:3])}")
+        return restored["state"], loop
 
     def wait(self) -> None:
         """Blocks until pending async saves are durable (call before exiting or evaluating)."""

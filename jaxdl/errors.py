@@ -10,6 +10,7 @@ exception is a bug (in jaxdl or in a user's ``get_config``) and keeps its traceb
 | 2 | usage, config or data error; a changed config on resume (nothing written) |
 | 3 | the workdir is locked by another live run |
 | 4 | training diverged (non-finite loss or gradients); the last finite checkpoint is kept |
+| 5 | no intact checkpoint to resume or evaluate from (each damaged one is named) |
 | 75 | interrupted (SIGTERM / SIGINT): saved at a step boundary, re-run the command to resume |
 """
 
@@ -52,3 +53,9 @@ class InterruptedRun(JaxdlExit):
     """SIGTERM or SIGINT arrived; the run saved at a step boundary and can be resumed."""
 
     exit_code = 75
+
+
+class NoGoodCheckpointError(JaxdlExit):
+    """Every checkpoint in a directory is damaged (unreadable or failing its checksums)."""
+
+    exit_code = 5

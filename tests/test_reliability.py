@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -154,3 +155,95 @@ def test_sigterm_saves_at_a_step_boundary_and_the_rerun_resumes_with_a_clean_log
     train_steps = [s for s, line in zip(steps, metrics.read_text().splitlines(), strict=True)
                    if json.loads(line)["split"] == "train"]  # fmt: skip
     assert len(train_steps) == len(set(train_steps)) and train_steps == sorted(train_steps)
+
+
+def test_checksums_catch_any_changed_word_and_ignore_layout():
+    from jaxdl.integrity import damaged_leaves, tree_checksums
+
+    rng = np.random.default_rng(0)
+    tree = {
+        "f32": rng.normal(size=(64, 8)).astype(np.float32),
+        "bf16": jnp.asarray(rng.normal(size=(33,)), jnp.bfloat16),
+        "i32": rng.integers(0, 100, size=(7, 3)).astype(np.int32),
+        "flag": np.array([True, False]),
+    }
+    sums = tree_checksums(tree)
+    assert damaged_leaves(tree, sums) == []
+    for name in ("f32", "i32"):
+        changed = np.array(tree[name])
+        changed.reshape(-1)[17] += 1
+        assert damaged_leaves({**tree, name: changed}, sums) == [name]
+    swapped = np.array(tree["f32"])
+    swapped.reshape(-1)[[3, 4]] = swapped.reshape(-1)[[4, 3]]
+    assert damaged_leaves({**tree, "f32": swapped}, sums) == ["f32"]
+    # The same values sharded over 8 devices give the same checksum.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    assert tree_checksums({"f32": jax.device_put(tree["f32"], sharding)})["f32"] == sums["f32"]
+
+
+def _damage(step_dir, how):
+    """Flips 4 KiB in the middle of the largest array file, cuts it to half its length, or
+    (``value``) makes one array differ from what was saved in a way the storage layer cannot
+    see: its recorded checksum no longer matches, as after a silently flipped bit."""
+    if how == "value":
+        path = step_dir / "loop" / "metadata"
+        loop = json.loads(path.read_text())
+        loop["checksums"]["params/head/kernel"] ^= 1
+        path.write_text(json.dumps(loop))
+        return
+    files = [os.path.join(root, name) for root, _, names in os.walk(step_dir / "state")
+             for name in names]  # fmt: skip
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "rb") as handle:
+        data = bytearray(handle.read())
+    if how == "flip":
+        middle = len(data) // 2
+        data[middle : middle + 4096] = bytes(b ^ 0xFF for b in data[middle : middle + 4096])
+    else:
+        data = data[: len(data) // 2]
+    with open(largest, "wb") as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "value"])
+def test_a_damaged_latest_checkpoint_is_named_set_aside_and_the_previous_one_used(
+    tmp_path, how, capfd
+):
+    config = tiny_digits_config(3, "--config.checkpoint.every_steps=5")
+    trainer = Trainer(build_experiment(config), str(tmp_path), quiet=True)
+    trainer.fit()
+    steps = sorted(trainer.checkpointer.latest.all_steps())
+    newest, previous = steps[-1], steps[-2]
+    _damage(tmp_path / "checkpoints" / str(newest), how)
+
+    again = Trainer(build_experiment(config), str(tmp_path), quiet=True)
+    from jaxdl.checkpoint import abstract_like
+
+    state, loop = again.checkpointer.restore_latest(abstract_like(again.state))
+    assert int(state.step) == previous and loop["step"] == previous
+    err = capfd.readouterr().err
+    assert f"checkpoint {tmp_path}/checkpoints/{newest} is damaged" in err
+    if how == "value":
+        assert "checksum mismatch in params/head/kernel" in err, err
+    assert (tmp_path / "checkpoints" / f"damaged-{newest}").is_dir()
+    assert sorted(again.checkpointer.latest.all_steps()) == steps[:-1]
+
+
+def test_no_intact_checkpoint_is_one_line_with_exit_5(tmp_path):
+    config = tiny_digits_config(3, "--config.checkpoint.max_to_keep=1")
+    Trainer(build_experiment(config), str(tmp_path), quiet=True).fit()
+    for step_dir in (tmp_path / "checkpoints").iterdir():
+        if step_dir.name.isdigit():
+            _damage(step_dir, "truncate")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxdl", "train",
+         "--config", "experiments/digits_resnet.py:depth=8,epochs=3", "--workdir", str(tmp_path),
+         "--config.model.width=8", "--config.checkpoint.max_to_keep=1",
+         "--config.logging.every_steps=5"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 5, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("jaxdl: no intact checkpoint in ")

@@ -22,7 +22,7 @@ from jaxdl.checkpoint import Checkpointer, abstract_like, tree_shapes
 from jaxdl.config import MISSING, config_diff, save_config
 from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader
 from jaxdl.data.records import RecordSource
-from jaxdl.errors import DivergedError, InterruptedRun, UserError
+from jaxdl.errors import DivergedError, InterruptedRun, NoGoodCheckpointError, UserError
 from jaxdl.loggers import make_writers
 from jaxdl.metrics import plot_learning_curves
 from jaxdl.parallel import is_main_process, shard_batch
@@ -119,16 +119,29 @@ class Trainer:
         sums = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *host)
         return self.task.summarize(sums)
 
+    def _newest_readable_checkpoint(self) -> tuple[int | None, dict | None]:
+        """The newest latest-checkpoint step whose loop state and metadata read back, and its
+        saved fingerprint; damaged ones are left for ``restore_latest`` to name and set aside."""
+        for step in sorted(self.checkpointer.latest.all_steps(), reverse=True):
+            try:
+                loop = self.checkpointer.read_loop_state(step)
+                self.checkpointer.state_shapes(step)
+            except Exception:  # noqa: BLE001 - unreadable: damaged, judged at restore
+                continue
+            return step, loop.get("fingerprint")
+        if self.checkpointer.latest.all_steps():
+            raise NoGoodCheckpointError(f"no readable checkpoint in {self.workdir}/checkpoints")
+        return None, None
+
     def check_resume(self) -> int | None:
         """The step to resume from (None: fresh run), after the fingerprint and structure checks.
 
         Raises ``ConfigChangedError`` on a changed fingerprint without ``allow_config_change``,
         and ``UserError`` when the state's structure changed (a resume is then impossible).
         """
-        step = self.checkpointer.latest_step()
+        step, saved = self._newest_readable_checkpoint()
         if step is None:
             return None
-        saved = self.checkpointer.read_loop_state(step).get("fingerprint")
         changes = config_diff(saved, self.exp.fingerprint()) if saved is not None else {}
         if changes and not self.allow_config_change:
             raise ConfigChangedError(
@@ -264,7 +277,8 @@ class Trainer:
             if taken:
                 self._print(f"initialised {len(taken)} arrays from {_init_source(cfg)}")
         if is_main_process():
-            _truncate_log(os.path.join(self.workdir, "metrics.jsonl"), resume_step or 0)
+            resumed_at = int(self.state.step) if resume_step is not None else 0
+            _truncate_log(os.path.join(self.workdir, "metrics.jsonl"), resumed_at)
         writer = self._writers()
         callbacks = self._callbacks(writer, interrupts)
         loop = TrainLoop(
