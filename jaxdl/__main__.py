@@ -1,7 +1,5 @@
-"""``python -m jaxdl`` is the ``jaxdl`` command."""
+"""``python -m jaxdl``: the same program as the ``jaxdl`` command."""
 
-import sys
+from jaxdl.cli import console_main
 
-from jaxdl.cli import main
-
-sys.exit(main())
+console_main()

@@ -9,13 +9,16 @@ via grain's Orbax handler) and a small JSON of loop state (epoch, early-stopping
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from jaxdl.errors import NoGoodCheckpointError
 from jaxdl.integrity import damaged_leaves, tree_checksums
@@ -31,6 +34,8 @@ def _manager(directory: str, max_to_keep: int, async_save: bool) -> ocp.Checkpoi
         max_to_keep=max_to_keep,
         create=True,
         enable_async_checkpointing=async_save,
+        # Saves a kill interrupted leave *.orbax-checkpoint-tmp directories: removed at start.
+        cleanup_tmp_directories=True,
         # Both managers may save the same step at once; distinct multi-host barrier names
         # ("checkpoints_..." vs "best_...") keep their barriers from colliding.
         multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -67,6 +72,9 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.latest.save(step, args=ocp.args.Composite(**items), force=True)
         if is_best:
+            if step in self.best.all_steps():  # left by a run killed before latest/step committed
+                self.best.wait_until_finished()
+                self.best.delete(step)
             best_items = {
                 "state": ocp.args.StandardSave(state),
                 "loop": ocp.args.JsonSave(loop_state),
@@ -75,6 +83,27 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
+
+    def reconcile_best(self, resumed_step: int, best_step: int | None, state: Any, loop: dict):
+        """Makes ``best/`` agree with the resumed loop state after a kill between the two saves.
+
+        Best checkpoints newer than ``resumed_step`` belong to a future the resumed run replays:
+        they are dropped. If the loop's best is the resumed step itself but ``best/`` lacks it
+        (killed before the best copy committed), it is saved from the restored state.
+        """
+        for step in self.best.all_steps():
+            if step > resumed_step:
+                self.best.delete(step)
+        if best_step == resumed_step and resumed_step not in self.best.all_steps():
+            self.best.save(
+                resumed_step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    loop=ocp.args.JsonSave({**loop, "checksums": tree_checksums(state)}),
+                ),
+                force=True,
+            )
+            self.best.wait_until_finished()
 
     def read_loop_state(self, step: int) -> dict:
         """The loop-state JSON of latest checkpoint ``step``, without touching the arrays."""
@@ -85,7 +114,7 @@ class Checkpointer:
         """``{'params/a/kernel': (shape, dtype)}`` of latest checkpoint ``step``'s train state,
         read from metadata (to check a restore target before restoring)."""
         state_dir = os.path.join(self.latest.directory, str(step), "state")
-        tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+        tree = read_tree_metadata(state_dir)
         flat = jax.tree_util.tree_flatten_with_path(tree)[0]
         return {key_path_str(p): (tuple(m.shape), str(m.dtype)) for p, m in flat}
 
@@ -116,10 +145,18 @@ class Checkpointer:
 
     def _restore_newest_intact(self, manager, abstract_state, data_iterator):
         steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {manager.directory}")
         for step in steps:
             try:
-                return self._restore(manager, step, abstract_state, data_iterator)
+                # A damaged step makes Orbax log its read errors with tracebacks; the warning
+                # below names the step and the first line of the error instead.
+                with _orbax_quiet(absl_logging.FATAL):
+                    return self._restore(manager, step, abstract_state, data_iterator)
             except Exception as error:  # noqa: BLE001 - any read failure means "damaged"
+                # Orbax's reader threads of a failed read report into a closed event loop for a
+                # moment longer; let them finish before speaking, so our lines stay whole.
+                time.sleep(1.0)
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
                 _warn(f"checkpoint {manager.directory}/{step} is damaged ({reason[:200]})")
                 self._set_aside(manager, step)
@@ -146,7 +183,7 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = manager.restore(step, args=ocp.args.Composite(**items))
         loop = dict(restored["loop"] or {})
-        damaged = damaged_leaves(restored["state"], loop.get("checksums", {}))
+        damaged = damaged_leaves(restored["state"], loop.pop("checksums", {}))
         if damaged:
             raise ValueError(f"checksum mismatch in {', '.join(damaged[:3])}")
         return restored["state"], loop
@@ -160,6 +197,27 @@ class Checkpointer:
         self.wait()
         self.latest.close()
         self.best.close()
+
+
+@contextlib.contextmanager
+def _orbax_quiet(level: int = absl_logging.ERROR):
+    """Silences Orbax's absl log lines below ``level`` (jaxdl reports the outcome itself)."""
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
+def read_tree_metadata(directory: str) -> Any:
+    """The tree of array metadata (shape, dtype) of an Orbax PyTree item, read without arrays.
+
+    Orbax logs a warning when the item sits inside a step directory (its step-level metadata
+    file is one level up); that is expected here, so the warning is silenced.
+    """
+    with _orbax_quiet():
+        return ocp.PyTreeCheckpointer().metadata(directory).item_metadata.tree
 
 
 def key_path_str(key_path: tuple) -> str:

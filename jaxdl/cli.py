@@ -173,5 +173,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(error.exit_code) from None
 
 
+def console_main() -> None:
+    """The ``jaxdl`` program. After failed checkpoint reads (exit 5), Orbax's background reader
+    threads can print asyncio tracebacks while the interpreter shuts down, burying the one-line
+    message; nothing is left to save then, so that exit skips the interpreter's teardown."""
+    from jaxdl.errors import NoGoodCheckpointError
+
+    try:
+        sys.exit(main())
+    except SystemExit as exit_:
+        if exit_.code == NoGoodCheckpointError.exit_code:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(NoGoodCheckpointError.exit_code)
+        raise
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

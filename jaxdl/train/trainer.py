@@ -22,7 +22,13 @@ from jaxdl.checkpoint import Checkpointer, abstract_like, tree_shapes
 from jaxdl.config import MISSING, config_diff, save_config
 from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader
 from jaxdl.data.records import RecordSource
-from jaxdl.errors import DivergedError, InterruptedRun, NoGoodCheckpointError, UserError
+from jaxdl.errors import (
+    DivergedError,
+    InterruptedRun,
+    JaxdlExit,
+    NoGoodCheckpointError,
+    UserError,
+)
 from jaxdl.loggers import make_writers
 from jaxdl.metrics import plot_learning_curves
 from jaxdl.parallel import is_main_process, shard_batch
@@ -242,7 +248,13 @@ class Trainer:
         """
         lock = WorkdirLock(self.workdir) if is_main_process() else contextlib.nullcontext()
         with lock, InterruptHandler() as interrupts:
-            return self._fit(interrupts)
+            try:
+                return self._fit(interrupts)
+            except NoGoodCheckpointError:
+                raise  # failed reads may still be in flight: closing Orbax now only adds noise
+            except JaxdlExit:
+                self.checkpointer.close()  # lets Orbax's background writers finish
+                raise
 
     def _fit(self, interrupts: InterruptHandler) -> dict:
         exp, cfg = self.exp, self.config
@@ -270,6 +282,10 @@ class Trainer:
         if resume_step is not None:
             self.state, loop_state = self.checkpointer.restore_latest(
                 abstract_like(self.state), iterator
+            )
+            best_step = loop_state.get("callbacks", {}).get("EarlyStopper", {}).get("best_step")
+            self.checkpointer.reconcile_best(
+                int(self.state.step), best_step, self.state, loop_state
             )
             self._print(f"resumed from step {int(self.state.step)}")
         else:

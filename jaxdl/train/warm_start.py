@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxdl.checkpoint import key_path_str
+from jaxdl.checkpoint import key_path_str, read_tree_metadata
 from jaxdl.errors import ConfigError
 
 DEFAULT_TAKE = ("params/*", "batch_stats/*")
@@ -91,7 +91,7 @@ def warm_start(
     reinit = tuple(init_config.get("reinit") or ())
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        metadata = checkpointer.metadata(source).item_metadata.tree
+        metadata = read_tree_metadata(source)
     except (FileNotFoundError, ValueError, OSError) as error:
         raise ConfigError(f"init: cannot read checkpoint {source}: {error}") from None
     available = flatten_paths(metadata)
