@@ -24,11 +24,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_second_holder_of_a_workdir_lock_is_refused_naming_the_first(tmp_path):
-    refused = pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}")
-    with WorkdirLock(str(tmp_path)), refused:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.stdin.read(); time.sleep(60)"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        (tmp_path / LOCK_NAME).write_text(
+            json.dumps({"pid": holder.pid, "host": os.uname().nodename, "started": "now"})
+        )
+        with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid {holder.pid}"):
+            WorkdirLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # This process may take a lock it already holds (a trainer that was never released).
+    with WorkdirLock(str(tmp_path)):
         WorkdirLock(str(tmp_path)).acquire()
     assert not (tmp_path / LOCK_NAME).exists()  # released
-    WorkdirLock(str(tmp_path)).acquire()
 
 
 def test_a_lock_left_by_a_dead_process_or_cut_short_is_taken_over(tmp_path):

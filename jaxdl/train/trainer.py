@@ -5,7 +5,6 @@ Side effects (I/O, logging, checkpoints) live here and in the callbacks; the ste
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
@@ -69,7 +68,8 @@ class Trainer:
     A resume whose training-shaping config (``Experiment.fingerprint``) differs from the
     checkpoint's stops with ``ConfigChangedError`` before anything is written, unless
     ``allow_config_change``; then the state's structure must still match, and the change is
-    appended to ``config_changes.jsonl``.
+    appended to ``config_changes.jsonl``. Making a trainer takes the workdir's lock
+    (``WorkdirLockedError`` if another live run holds it).
     """
 
     def __init__(
@@ -87,6 +87,11 @@ class Trainer:
         self.quiet = quiet or not is_main_process()
         self.allow_config_change = allow_config_change
         os.makedirs(self.workdir, exist_ok=True)
+        # Taken before the checkpoint managers exist: opening them cleans up interrupted saves,
+        # which must never touch the in-flight saves of another live run.
+        self._lock = WorkdirLock(self.workdir) if is_main_process() else None
+        if self._lock is not None:
+            self._lock.acquire()
         ckpt = self.config.get("checkpoint", {})
         self.checkpointer = Checkpointer(
             self.workdir,
@@ -242,12 +247,11 @@ class Trainer:
         best state on the test split.
 
         Writes config.json, metrics.jsonl, TensorBoard events, checkpoints, results.json, plots.
-        Holds the workdir's lock throughout (``WorkdirLockedError`` if another run has it).
+        The workdir's lock, taken when the trainer was made, is released at the end.
         SIGTERM/SIGINT save at the next step boundary and raise ``InterruptedRun``; a non-finite
         loss stops before anything non-finite is saved and raises ``DivergedError``.
         """
-        lock = WorkdirLock(self.workdir) if is_main_process() else contextlib.nullcontext()
-        with lock, InterruptHandler() as interrupts:
+        with InterruptHandler() as interrupts:
             try:
                 return self._fit(interrupts)
             except NoGoodCheckpointError:
@@ -255,6 +259,13 @@ class Trainer:
             except JaxdlExit:
                 self.checkpointer.close()  # lets Orbax's background writers finish
                 raise
+            finally:
+                self.release()
+
+    def release(self) -> None:
+        """Gives the workdir's lock back (done by ``fit`` and ``evaluate_checkpoint``)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def _fit(self, interrupts: InterruptHandler) -> dict:
         exp, cfg = self.exp, self.config
@@ -354,6 +365,12 @@ class Trainer:
 
     def evaluate_checkpoint(self, split: str = "test") -> dict:
         """Restores the best (else latest) checkpoint; evaluates ``split``; rewrites results."""
+        try:
+            return self._evaluate_checkpoint(split)
+        finally:
+            self.release()
+
+    def _evaluate_checkpoint(self, split: str) -> dict:
         self.checkpointer.wait()
         if self.checkpointer.best_step() is not None:
             state, _ = self.checkpointer.restore_best(abstract_like(self.state))

@@ -54,12 +54,11 @@ class WorkdirLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                stale = (
-                    holder is not None
-                    and holder.get("host") == record["host"]
-                    and not (_alive(int(holder.get("pid", -1))))
-                )
-                if holder is None or stale:  # half-written by a killed run, or its owner died
+                here = holder is not None and holder.get("host") == record["host"]
+                pid = int(holder.get("pid", -1)) if holder is not None else -1
+                # Half-written by a killed run, its owner died, or this process holds it already
+                # (an earlier trainer on the same workdir that was never released).
+                if holder is None or (here and (pid == os.getpid() or not _alive(pid))):
                     os.remove(self.path)
                     continue
                 raise WorkdirLockedError(
