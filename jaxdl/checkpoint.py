@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
 from jaxdl.errors import NoGoodCheckpointError
-from jaxdl.integrity import damaged_leaves, tree_checksums
+from jaxdl.integrity import damaged_leaves, key_path_str, tree_checksums
 
 
 def _warn(message: str) -> None:
@@ -218,13 +218,6 @@ def read_tree_metadata(directory: str) -> Any:
     """
     with _orbax_quiet():
         return ocp.PyTreeCheckpointer().metadata(directory).item_metadata.tree
-
-
-def key_path_str(key_path: tuple) -> str:
-    """A tree key path as ``a/b/0``."""
-    return "/".join(
-        str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in key_path
-    )
 
 
 def tree_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:

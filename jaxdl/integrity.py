@@ -42,11 +42,17 @@ def _checksums(leaves: list[jax.Array]) -> list[jax.Array]:
     return [_checksum(leaf) for leaf in leaves]
 
 
+def key_path_str(key_path: tuple) -> str:
+    """A tree key path as ``a/b/0`` (dict keys, sequence indices and attribute names)."""
+    return "/".join(
+        str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in key_path
+    )
+
+
 def tree_checksums(tree: Any) -> dict[str, int]:
     """``{'params/a/kernel': checksum}`` for every array leaf of ``tree``."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in p)
-             for p, _ in flat]  # fmt: skip
+    paths = [key_path_str(p) for p, _ in flat]
     values = jax.device_get(_checksums([leaf for _, leaf in flat]))
     return {path: int(value) for path, value in zip(paths, values, strict=True)}
 

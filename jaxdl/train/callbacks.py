@@ -104,6 +104,13 @@ class EarlyStopping:
         self.evaluations_without_improvement = int(state.get("evaluations_without_improvement", 0))
 
 
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric scalar entries of a task's metrics (reports and matrices left out)."""
+    return {
+        k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
 def _means(values: list[Mapping[str, Any]]) -> dict[str, float]:
     """Per-key means of a list of scalar-metric dicts (fetched from device in one go)."""
     if not values:

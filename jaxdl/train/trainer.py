@@ -40,6 +40,7 @@ from jaxdl.train.callbacks import (
     InterruptCallback,
     Profiler,
     TrainLogger,
+    scalar_metrics,
 )
 from jaxdl.train.fingerprint import fingerprint_digest
 from jaxdl.train.interrupts import InterruptHandler
@@ -353,8 +354,8 @@ class Trainer:
             "stopped_early": loop.stop_reason is not None,
             "train_seconds": loop.elapsed(),
             **self.evaluate(exp.data.test, final_state),
-            "val": _scalars(val),
-            **{f"val_{k}": v for k, v in _scalars(val).items()},
+            "val": scalar_metrics(val),
+            **{f"val_{k}": v for k, v in scalar_metrics(val).items()},
         }
         if is_main_process():
             self._write_outputs(results, evaluator.history, "test")
@@ -416,12 +417,6 @@ class Trainer:
 def _init_source(config: ml_collections.ConfigDict) -> str:
     init = config.get("init", {}) or {}
     return str(init.get("from_workdir") or init.get("from_checkpoint"))
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
 
 
 def _jsonable(value: Any) -> Any:

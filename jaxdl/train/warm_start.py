@@ -20,8 +20,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxdl.checkpoint import key_path_str, read_tree_metadata
+from jaxdl.checkpoint import read_tree_metadata
 from jaxdl.errors import ConfigError
+from jaxdl.integrity import key_path_str
 
 DEFAULT_TAKE = ("params/*", "batch_stats/*")
 # Subtrees of the train state that can be taken from another run (optimiser state, step and rng
