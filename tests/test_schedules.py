@@ -17,6 +17,7 @@ from jaxdl.optim import (
     step_decay,
     with_linear_warmup,
 )
+from jaxdl.optim.schedules import stepped_per_epoch
 
 # (first_period, period_multiplier) combos; several have boundaries where the float log is inexact.
 WARM_RESTART_COMBOS = [(1, 1), (7, 1), (1, 2), (3, 2), (10, 2), (5, 3), (2, 4), (1, 10), (4, 5)]
@@ -263,3 +264,96 @@ def test_misspelt_schedule_field_is_an_error_not_ignored():
     config = make_config(name="cosine", warmup_epoch=1.0)
     with pytest.raises(ValueError, match=r"unknown schedule field\(s\) \['warmup_epoch'\]"):
         build_schedule(config, base_learning_rate=1.0, steps_per_epoch=10, total_steps=100)
+
+
+def torch_learning_rates_per_epoch(
+    make_scheduler, init_value: float, steps_per_epoch: int, num_epochs: int
+) -> np.ndarray:
+    """Learning rate at each step of a torch loop that calls ``scheduler.step()`` once per epoch."""
+    torch = pytest.importorskip("torch")
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=init_value)
+    scheduler = make_scheduler(torch.optim.lr_scheduler, optimizer)
+    rates = []
+    for _ in range(num_epochs):
+        for _ in range(steps_per_epoch):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+        scheduler.step()
+    return np.asarray(rates)
+
+
+STAIRCASE_CASES = [
+    (
+        {"name": "exponential", "gamma": 0.8},
+        lambda lr_scheduler, opt: lr_scheduler.ExponentialLR(opt, gamma=0.8),
+    ),
+    (
+        {"name": "step", "step_size_epochs": 3, "gamma": 0.5},
+        lambda lr_scheduler, opt: lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+    ),
+    (
+        {"name": "cosine", "min_value": 0.01},
+        lambda lr_scheduler, opt: lr_scheduler.CosineAnnealingLR(opt, T_max=12, eta_min=0.01),
+    ),
+    (
+        {"name": "cosine_warm_restarts", "first_period_epochs": 2, "period_multiplier": 2},
+        lambda lr_scheduler, opt: lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=2, T_mult=2),
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "make_scheduler"), STAIRCASE_CASES)
+def test_staircase_equals_torch_scheduler_stepped_once_per_epoch_at_every_step(
+    fields, make_scheduler
+):
+    steps_per_epoch, num_epochs, init = 7, 12, 0.1
+    config = make_config(**fields, staircase=True)
+    schedule = build_schedule(
+        config,
+        base_learning_rate=init,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * num_epochs,
+    )
+    expected = torch_learning_rates_per_epoch(make_scheduler, init, steps_per_epoch, num_epochs)
+    values = evaluate(schedule, steps_per_epoch * num_epochs)
+    np.testing.assert_allclose(values, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_exponential_without_staircase_decays_within_an_epoch():
+    config = make_config(name="exponential", gamma=0.5)
+    schedule = build_schedule(config, base_learning_rate=1.0, steps_per_epoch=4, total_steps=40)
+    values = evaluate(schedule, 8)
+    assert np.all(np.diff(values) < 0)  # every step lowers the rate, unlike ExponentialLR per epoch
+    assert values[4] == pytest.approx(0.5, rel=1e-5)
+
+
+def test_staircase_holds_warmup_per_step_and_counts_epochs_from_its_end():
+    config = make_config(name="exponential", gamma=0.5, warmup_epochs=1, staircase=True)
+    schedule = build_schedule(config, base_learning_rate=1.0, steps_per_epoch=4, total_steps=40)
+    values = evaluate(schedule, 16)
+    np.testing.assert_allclose(values[:4], [0.0, 0.25, 0.5, 0.75], rtol=1e-6)
+    np.testing.assert_allclose(values[4:], [1.0] * 4 + [0.5] * 4 + [0.25] * 4, rtol=1e-6)
+
+
+def test_stepped_per_epoch_holds_the_value_of_each_epochs_first_step():
+    base = cosine_annealing(1.0, 20)
+    values = evaluate(stepped_per_epoch(base, 5), 20)
+    np.testing.assert_allclose(values, np.repeat(evaluate(base, 20)[::5], 5), rtol=1e-6)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        stepped_per_epoch(base, 0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "constant", "staircase": True}, "no effect"),
+        ({"name": "exponential", "gamma": 0.9, "staircase": "yes"}, "staircase"),
+        ({"name": "exponential", "gamma": 0.9, "staircase": 1}, "staircase"),
+    ],
+)
+def test_build_schedule_rejects_invalid_staircase(fields, message):
+    with pytest.raises(ValueError, match=message):
+        build_schedule(
+            make_config(**fields), base_learning_rate=0.1, steps_per_epoch=10, total_steps=100
+        )

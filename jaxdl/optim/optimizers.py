@@ -3,6 +3,10 @@
 The learning rate comes from an `optax.Schedule`; the optimiser evaluates it at its own update
 count (0 for the first update). To log the current learning rate, the trainer calls
 ``schedule(step)`` with the number of updates applied so far — no value is stored in the state.
+
+Weight-decay scope: by default ``weight_decay`` and ``l1`` touch only kernels (ndim >= 2), not
+biases or norm scales/offsets. ``decay_bias_and_norm=True`` decays every parameter, which is what
+``torch.optim.SGD(model.parameters(), weight_decay=...)`` (or ``Adam``/``AdamW``) does.
 """
 
 import math
@@ -121,7 +125,8 @@ def build_optimizer(
     ``weight_decay_mode`` ('coupled' = L2 added to the gradient as torch's ``weight_decay``,
     'decoupled' = AdamW-style decay scaled by the lr; default 'decoupled' for adamw, else
     'coupled'); ``l1`` (default 0); ``clip_global_norm`` and ``clip_value`` (None = off);
-    ``decay_bias_and_norm`` (default False: decay and L1 only touch kernels with ndim >= 2).
+    ``decay_bias_and_norm`` (default False: decay and L1 only touch kernels with ndim >= 2; True
+    decays every parameter, as torch's ``weight_decay`` on ``model.parameters()`` does).
 
     Chain: clip by value -> clip by global norm -> L1 / coupled L2 -> update rule ->
     decoupled decay -> scale by ``-schedule(count)``. ``update`` must be given params.

@@ -3,6 +3,7 @@
 Each schedule reproduces the PyTorch scheduler named in its docstring: its value at integer
 step ``t`` equals the torch learning rate after ``t`` calls to ``scheduler.step()``. All of them
 are jit-traceable (they accept traced integer step arrays) and can be used outside jaxdl.
+A torch scheduler stepped once per epoch instead is reproduced by ``stepped_per_epoch``.
 """
 
 import math
@@ -50,7 +51,10 @@ def step_decay(init_value: float, step_size: int, gamma: float) -> optax.Schedul
 
 
 def exponential_decay(init_value: float, gamma: float) -> optax.Schedule:
-    """``init_value * gamma ** t`` (per-step decay), equal to torch ``ExponentialLR(gamma)``."""
+    """``init_value * gamma ** t`` (per-step decay), equal to torch ``ExponentialLR(gamma)``.
+
+    ``ExponentialLR`` stepped once per epoch is ``step_decay(init_value, steps_per_epoch, gamma)``.
+    """
     gamma = _require_positive("gamma", gamma)
     return optax.exponential_decay(init_value, transition_steps=1, decay_rate=gamma)
 
@@ -120,6 +124,21 @@ def with_linear_warmup(
     return optax.join_schedules([warmup, schedule], [warmup_steps])
 
 
+def stepped_per_epoch(schedule: optax.Schedule, steps_per_epoch: int) -> optax.Schedule:
+    """``schedule`` held constant within each epoch, at its value at the epoch's first step.
+
+    ``t -> schedule(steps_per_epoch * (t // steps_per_epoch))``: the learning rate of a torch
+    scheduler whose ``step()`` is called once per epoch (the usual ``ExponentialLR`` /
+    ``CosineAnnealingLR`` loop), and Keras' ``staircase=True``.
+    """
+    steps_per_epoch = _require_int("steps_per_epoch", steps_per_epoch, 1)
+
+    def held(step: jax.typing.ArrayLike) -> jax.Array:
+        return schedule(jnp.asarray(step) // steps_per_epoch * steps_per_epoch)
+
+    return held
+
+
 def _epochs_to_steps(name: str, epochs: float, steps_per_epoch: int) -> int:
     """Convert a duration in (possibly fractional) epochs to a whole number of steps, >= 1."""
     if not math.isfinite(epochs) or epochs <= 0:
@@ -178,6 +197,7 @@ SCHEDULE_FIELDS = frozenset(
         "first_period_epochs",
         "first_period_steps",
         "period_multiplier",
+        "staircase",
     ]
 )
 
@@ -197,6 +217,10 @@ def build_schedule(
     multiplier default 1). Every duration may be given in steps instead (``warmup_steps``,
     ``step_size_steps``, ``first_period_steps``); epochs are rounded to whole steps (>= 1).
     The main schedule starts after warm-up; 'cosine' reaches ``min_value`` at ``total_steps``.
+
+    ``staircase`` (default False, any name but 'constant') changes the rate only at epoch
+    boundaries (epochs counted from the end of warm-up), as a torch scheduler stepped once per
+    epoch: 'exponential' is then ``ExponentialLR(gamma)`` stepped per epoch, exactly.
     """
     steps_per_epoch = _require_int("steps_per_epoch", steps_per_epoch, 1)
     total_steps = _require_int("total_steps", total_steps, 1)
@@ -210,6 +234,11 @@ def build_schedule(
     if decay_steps < 1:
         raise ValueError(f"warm-up ({warmup_steps} steps) must be shorter than {total_steps=}")
     min_value = config.get("min_value", 0.0)
+    staircase = config.get("staircase", False)
+    if not isinstance(staircase, bool):
+        raise ValueError(f"schedule field 'staircase' must be True or False, got {staircase!r}")
+    if staircase and name == "constant":
+        raise ValueError("schedule 'constant' has no steps: staircase=True would have no effect")
 
     if name == "constant":
         main = constant(base_learning_rate)
@@ -221,7 +250,10 @@ def build_schedule(
         )
     elif name == "exponential":
         gamma_per_epoch = _require_positive("gamma", _required(config, "gamma", name))
-        main = exponential_decay(base_learning_rate, gamma_per_epoch ** (1.0 / steps_per_epoch))
+        if staircase:  # gamma ** (t // steps_per_epoch), exact rather than a held smooth decay
+            main = step_decay(base_learning_rate, steps_per_epoch, gamma_per_epoch)
+        else:
+            main = exponential_decay(base_learning_rate, gamma_per_epoch ** (1.0 / steps_per_epoch))
     elif name == "cosine":
         main = cosine_annealing(base_learning_rate, decay_steps, min_value)
     else:
@@ -231,4 +263,6 @@ def build_schedule(
             config.get("period_multiplier", 1),
             min_value,
         )
+    if staircase and name != "exponential":
+        main = stepped_per_epoch(main, steps_per_epoch)
     return with_linear_warmup(main, warmup_steps)
