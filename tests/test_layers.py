@@ -21,10 +21,14 @@ from jaxdl.layers import (
     Conv,
     Dense,
     Identity,
+    LearnedPositionEmbedding,
+    SinusoidalPositionEmbedding,
     TransformerBlock,
     TransformerStack,
     check_image_batch,
     make_norm,
+    segment_mask,
+    sinusoidal_positions,
 )
 from jaxdl.layers.normalization import largest_divisor_at_most
 
@@ -256,6 +260,50 @@ def test_transformer_block_works_standalone_outside_a_mesh():
     assert not np.allclose(apply(x.at[1, 2].add(noise))[1, :2], out[1, :2], atol=1e-4)
     dropped = block.apply(variables, x, mask, train=True, rngs={"dropout": KEY})
     assert not np.allclose(dropped, out)
+
+
+def test_segment_mask_keeps_packed_sequences_apart_and_hides_padding():
+    segments = jnp.array([[1, 1, 2, 0]])
+    expected = np.array(
+        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]], bool
+    )  # padding (id 0) attends to nothing, not even other padding
+    np.testing.assert_array_equal(segment_mask(segments), expected[None, None])
+    kv = jnp.array([[2, 2, 1]])
+    np.testing.assert_array_equal(
+        segment_mask(segments, kv)[0, 0], [[0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]]
+    )
+
+
+def test_block_with_segment_ids_gives_each_sequence_its_standalone_output():
+    x = jax.random.normal(KEY, (1, 7, 16))
+    block = TransformerBlock(num_heads=2, mlp_dim=32, causal=True)
+    variables = block.init(KEY, x, train=False)
+    packed = block.apply(variables, x, segment_ids=jnp.array([[1, 1, 1, 2, 2, 2, 2]]), train=False)
+    first, second = (block.apply(variables, part, train=False) for part in (x[:, :3], x[:, 3:]))
+    np.testing.assert_allclose(packed, jnp.concatenate([first, second], axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [LearnedPositionEmbedding(max_len=8), SinusoidalPositionEmbedding(max_len=8)],
+    ids=["learned", "sinusoidal"],
+)
+def test_position_embeddings_at_explicit_positions(layer):
+    x = jax.random.normal(KEY, (2, 5, 6))
+    variables = layer.init(KEY, x)
+    table = (
+        variables["params"]["embedding"].unbox()
+        if variables
+        else jnp.asarray(sinusoidal_positions(8, 6))
+    )
+    default = layer.apply(variables, x)
+    # Positions 0..length-1 are exactly the default; restarting positions pick those rows.
+    arange = jnp.broadcast_to(jnp.arange(5), (2, 5))
+    np.testing.assert_array_equal(layer.apply(variables, x, arange), default)
+    positions = jnp.array([[0, 1, 0, 1, 2], [0, 1, 2, 3, 7]])
+    np.testing.assert_allclose(layer.apply(variables, x, positions), x + table[positions])
+    with pytest.raises(ValueError, match="positions must be int"):
+        layer.apply(variables, x, positions[:, :4])
 
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])

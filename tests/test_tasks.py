@@ -3,6 +3,7 @@ scikit-learn classification metrics, and the record checks and loaders built on 
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 from sklearn import metrics as skm
 
 from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader
-from jaxdl.data.records import ArraySource
-from jaxdl.errors import DataError
+from jaxdl.data.records import ArraySource, DataSplits
+from jaxdl.errors import ConfigError, DataError
 from jaxdl.models import get_model
 from jaxdl.parallel import batch_sharding, make_mesh, shard_batch
 from jaxdl.tasks import (
@@ -20,6 +21,7 @@ from jaxdl.tasks import (
     ImageClassification,
     LanguageModeling,
     SequenceClassification,
+    build_task,
 )
 from jaxdl.train import ShardedStep, make_train_step, sharded_state_initializer
 
@@ -113,6 +115,58 @@ def test_lm_loss_ignores_logits_and_targets_at_padded_positions():
     other = {"tokens": jnp.asarray(other_tokens), "loss_mask": jnp.asarray(loss_mask)}
     other_loss, _ = task.loss(FakeModel(other_logits.astype(np.float32)), other)
     assert float(other_loss) == pytest.approx(float(loss), rel=1e-6)
+
+
+def _packed_lm_batch(rng, vocab=11):
+    """Two rows of 8 (seq_len 7): row 0 packs sequences of 3 and 5, row 1 one of 6 + padding."""
+    segment_ids = np.array([[1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 0, 0]], np.int32)
+    positions = np.array([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 0, 0]], np.int32)
+    tokens = np.where(segment_ids > 0, rng.integers(1, vocab, size=segment_ids.shape), 0)
+    logits = rng.normal(size=(2, 7, vocab)).astype(np.float32) * 2.0
+    batch = {
+        "tokens": tokens.astype(np.int32),
+        "segment_ids": segment_ids,
+        "positions": positions,
+        "loss_mask": (segment_ids > 0).astype(np.float32),
+    }
+    return batch, logits
+
+
+def test_packed_lm_passes_segments_and_positions_and_scores_only_within_a_sequence():
+    batch, logits = _packed_lm_batch(np.random.default_rng(10))
+    task = LanguageModeling(seq_len=7, packed=True)
+    spec = task.batch_spec()
+    assert set(spec) == {"tokens", "loss_mask", "segment_ids", "positions"}
+    for name in ("segment_ids", "positions"):
+        assert spec[name].dtype == np.int32 and spec[name].shape == (8,)
+        assert spec[name].pad_value == 0
+    model = FakeModel(logits)
+    loss, _ = task.loss(model, {k: jnp.asarray(v) for k, v in batch.items()})
+
+    ((args, kwargs),) = model.calls
+    np.testing.assert_array_equal(np.asarray(args[0]), batch["tokens"][:, :-1])
+    assert set(kwargs) == {"segment_ids", "positions"}
+    for name in kwargs:
+        np.testing.assert_array_equal(np.asarray(kwargs[name]), batch[name][:, :-1])
+
+    # Targets: 2 + 4 in row 0 (not the first token of sequence 2), 5 in row 1 (not padding).
+    keep = np.zeros((2, 7), bool)
+    keep[0, [0, 1, 3, 4, 5, 6]] = True
+    keep[1, :5] = True
+    targets = batch["tokens"][:, 1:]
+    expected = F.cross_entropy(_torch(logits[keep]).double(), _torch(targets[keep]).long())
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+    sums = task.eval_sums(
+        FakeModel(logits),
+        {**{k: jnp.asarray(v) for k, v in batch.items()}, EXAMPLE_MASK: jnp.ones(2)},
+    )
+    assert float(sums["tokens"]) == keep.sum() == 11
+    # The same rows read unpacked count the cross-sequence target too.
+    unpacked = LanguageModeling(seq_len=7)
+    assert unpacked.model_inputs(batch)[1] == {}
+    unpacked_sums = unpacked.eval_sums(FakeModel(logits), {**batch, EXAMPLE_MASK: np.ones(2)})
+    assert float(unpacked_sums["tokens"]) == 12
 
 
 def test_lm_eval_sums_give_perplexity_unigram_baseline_and_token_count_over_batches():
@@ -315,6 +369,61 @@ def test_check_record_accepts_good_records_and_rejects_bad_ones():
         classification.check_record({"tokens": np.ones(3, np.int32), "labels": 1.0}, "x")
     with pytest.raises(DataError, match="needs field 'labels'"):
         classification.check_record({"tokens": np.ones(3, np.int32)}, "x")
+
+
+def test_packed_lm_checks_packed_rows_and_accepts_documents_for_the_loader_to_pack():
+    task = LanguageModeling(seq_len=4, packed=True)
+    row = {
+        "tokens": np.arange(5, dtype=np.int32),
+        "loss_mask": np.ones(5, np.float32),
+        "segment_ids": np.array([1, 1, 2, 2, 2], np.int32),
+        "positions": np.array([0, 1, 0, 1, 2], np.int32),
+    }
+    task.check_record(row, "val split")
+    task.check_record({"tokens": np.arange(11, dtype=np.int64)}, "train split")
+    with pytest.raises(DataError, match=r"field 'positions' has shape \(4,\)"):
+        task.check_record({**row, "positions": np.zeros(4, np.int32)}, "val split")
+    with pytest.raises(DataError, match="1-D integer 'tokens'"):
+        task.check_record({"tokens": np.ones(5, np.float32)}, "train split")
+    # Unpacked tasks still need the full spec.
+    with pytest.raises(DataError, match="needs field 'loss_mask'"):
+        LanguageModeling(seq_len=4).check_record({"tokens": row["tokens"]}, "train split")
+
+
+def _lm_splits(info):
+    documents = ArraySource(tokens=np.arange(3 * 7, dtype=np.int32).reshape(3, 7))
+    rows = ArraySource(
+        tokens=np.ones((2, 5), np.int32),
+        loss_mask=np.ones((2, 5), np.float32),
+        segment_ids=np.ones((2, 5), np.int32),
+        positions=np.tile(np.arange(5, dtype=np.int32), (2, 1)),
+    )
+    if info.get("packed"):
+        return DataSplits(documents, rows, rows, info=info)
+    return DataSplits(rows, rows, rows, info=info)
+
+
+@pytest.mark.parametrize("flag", [None, True, False], ids=["default", "packed", "unpacked"])
+@pytest.mark.parametrize("data_packed", [True, False], ids=["packed-data", "window-data"])
+def test_build_task_packs_exactly_when_the_data_is_packed(flag, data_packed):
+    info = {"packed": True, "seq_len": 4} if data_packed else {}
+    task_config = {"name": "language_modeling"}
+    if flag is not None:
+        task_config["packed"] = flag
+    config = ml_collections.ConfigDict({"task": task_config})
+    if flag is not None and flag != data_packed:
+        with pytest.raises(ConfigError, match="task.packed"):
+            build_task(config, _lm_splits(info))
+        return
+    task = build_task(config, _lm_splits(info))
+    assert task.packed == data_packed and task.seq_len == 4
+    assert ("segment_ids" in task.batch_spec()) == data_packed
+
+
+def test_build_task_needs_the_row_length_of_packed_data():
+    config = ml_collections.ConfigDict({"task": {"name": "language_modeling"}})
+    with pytest.raises(DataError, match="seq_len"):
+        build_task(config, _lm_splits({"packed": True}))
 
 
 # --------------------------------------------------------------------------------------------

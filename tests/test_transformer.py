@@ -178,6 +178,31 @@ def test_scanned_and_unrolled_stacks_agree_given_the_same_params(
     )
 
 
+# Two packed sequences per row (lengths 3+5 and 6 then 2 padding positions).
+SEGMENT_IDS = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 0, 0]], jnp.int32)
+POSITIONS = jnp.array([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 0, 0]], jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _packed_logits(model, variables, tokens):
+    return model.apply(variables, tokens, segment_ids=SEGMENT_IDS, positions=POSITIONS, train=False)
+
+
+def test_packed_inputs_reach_every_layer_with_scan_unrolled_and_remat(lm_variables):
+    params = lm_variables["params"]
+    packed = _packed_logits(_lm(), lm_variables, TOKENS)
+    # Packing changes the result (the control), and padding positions stay finite.
+    assert not np.allclose(packed, _eval_logits(_lm(), lm_variables, TOKENS), atol=1e-4)
+    assert np.isfinite(packed).all()
+    unrolled = {"params": _unstack_layers(params, TINY["num_layers"])}
+    for model, variables in [
+        (_lm(scan_layers=False), unrolled),
+        (_lm(remat_policy="full"), lm_variables),
+        (_lm(scan_layers=False, remat_policy="dots_saveable"), unrolled),
+    ]:
+        np.testing.assert_allclose(_packed_logits(model, variables, TOKENS), packed, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "model",
     [
@@ -436,6 +461,14 @@ def test_bad_inputs_get_clear_errors():
         MultiHeadAttention(num_heads=2, head_dim=4).init(
             KEY, jnp.ones((2, 5, 8)), jnp.ones((2, 5), jnp.int32), train=False
         )
+    with pytest.raises(ValueError, match="segment_ids must be int"):
+        MultiHeadAttention(num_heads=2, head_dim=4).init(
+            KEY, jnp.ones((2, 5, 8)), segment_ids=jnp.ones((2, 5)), train=False
+        )
+    with pytest.raises(ValueError, match="segment_ids must be shaped like tokens"):
+        model.init(KEY, TOKENS, segment_ids=jnp.ones((2, 7), jnp.int32), train=False)
+    with pytest.raises(TypeError, match="integer positions"):
+        model.init(KEY, TOKENS, positions=jnp.zeros(TOKENS.shape), train=False)
 
 
 def test_nnx_bridge_matches_linen_apply_with_the_same_variables():

@@ -5,7 +5,7 @@ keyword-only call argument, ``__call__(x, ..., *, train: bool)`` (``make_norm``,
 takes it when building the norm). Nothing here imports from models/train/data/cli.
 """
 
-from jaxdl.layers.attention import MultiHeadAttention, dropout_attention
+from jaxdl.layers.attention import MultiHeadAttention, dropout_attention, segment_mask
 from jaxdl.layers.conv import CONV_BIAS_AXES, CONV_KERNEL_AXES, Conv, he_normal_fan_out
 from jaxdl.layers.dense import Dense, classifier_head
 from jaxdl.layers.embeddings import (
@@ -42,5 +42,6 @@ __all__ = [
     "dropout_attention",
     "he_normal_fan_out",
     "make_norm",
+    "segment_mask",
     "sinusoidal_positions",
 ]

@@ -15,6 +15,20 @@ HEADS_ACTIVATION_AXES = ("batch", "length", "heads", "kv")
 EMBED_ACTIVATION_AXES = ("batch", "length", "embed")
 
 
+def segment_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array | None = None) -> jax.Array:
+    """Boolean attention mask [batch, 1, q_length, kv_length] for packed sequences.
+
+    ``segment_ids_*`` [batch, length] int: equal nonzero ids mark one packed sequence, 0 marks
+    padding. A query may attend to a key only when both carry the same nonzero id, so packed
+    sequences never see each other and padding sees nothing (kept NaN-free by the finite fill of
+    the attention). ``segment_ids_kv`` defaults to ``segment_ids_q`` (self-attention).
+    """
+    if segment_ids_kv is None:
+        segment_ids_kv = segment_ids_q
+    q, kv = segment_ids_q[:, :, None], segment_ids_kv[:, None, :]
+    return ((q == kv) & (q != 0))[:, None]
+
+
 def dropout_attention(
     query: jax.Array,
     key: jax.Array,
@@ -111,13 +125,20 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
+        self,
+        x: jax.Array,
+        padding_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        train: bool,
     ) -> jax.Array:
         """Attend over ``x`` [batch, length, embed].
 
-        ``padding_mask`` [batch, length] bool (True = real token) hides padded keys; with
-        ``causal`` each position sees only itself and earlier positions. ``train`` enables
-        attention-probability dropout (needs a 'dropout' rng).
+        ``padding_mask`` [batch, length] bool (True = real token) hides padded keys;
+        ``segment_ids`` [batch, length] int (packed sequences, see ``segment_mask``) limits
+        each query to keys of its own sequence; with ``causal`` each position sees only itself
+        and earlier positions. ``train`` enables attention-probability dropout (needs a
+        'dropout' rng).
         """
         if x.ndim != 3:
             raise ValueError(f"MultiHeadAttention expects [batch, length, embed], got {x.shape}")
@@ -127,6 +148,13 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"padding_mask must be bool {x.shape[:2]}, "
                 f"got {padding_mask.dtype} {padding_mask.shape}"
+            )
+        if segment_ids is not None and (
+            segment_ids.shape != x.shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer)
+        ):
+            raise ValueError(
+                f"segment_ids must be int {x.shape[:2]}, "
+                f"got {segment_ids.dtype} {segment_ids.shape}"
             )
         embed, heads = x.shape[-1], (self.num_heads, self.head_dim)
         if self.qkv_fused:
@@ -144,6 +172,9 @@ class MultiHeadAttention(nn.Module):
         )
 
         mask = None if padding_mask is None else padding_mask[:, None, None, :]
+        if segment_ids is not None:
+            same_segment = segment_mask(segment_ids)
+            mask = same_segment if mask is None else mask & same_segment
         if train and self.dropout_rate > 0:
             dropout = nn.Dropout(self.dropout_rate, deterministic=False)
             out = dropout_attention(query, key, value, mask, causal=self.causal, dropout=dropout)

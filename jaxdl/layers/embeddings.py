@@ -57,17 +57,27 @@ def _check_sequence(x: jax.Array, max_len: int | None, name: str) -> None:
         raise ValueError(f"{name}: sequence length {x.shape[1]} exceeds max_len={max_len}")
 
 
+def _check_positions(x: jax.Array, positions: jax.Array, name: str) -> None:
+    """Raise unless ``positions`` is an int [batch, length] array matching ``x``."""
+    if positions.shape != x.shape[:2] or not jnp.issubdtype(positions.dtype, jnp.integer):
+        raise ValueError(
+            f"{name} positions must be int {x.shape[:2]}, got {positions.dtype} {positions.shape}"
+        )
+
+
 class LearnedPositionEmbedding(nn.Module):
     """Adds a learned table [max_len, embed] (named ('pos','embed')) to the first ``length``
-    positions: [batch, length, embed] -> same shape, in ``x.dtype``."""
+    positions, or to explicit per-token ``positions`` (packed sequences restart at 0):
+    [batch, length, embed] -> same shape, in ``x.dtype``."""
 
     max_len: int
     param_dtype: Any = jnp.float32
     embedding_init: nn.initializers.Initializer = embedding_normal_init
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Return ``x + table[:length]``."""
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """Return ``x + table[:length]``, or ``x + table[positions]`` for int ``positions``
+        [batch, length] in [0, max_len)."""
         _check_sequence(x, self.max_len, "LearnedPositionEmbedding")
         table = self.param(
             "embedding",
@@ -75,7 +85,11 @@ class LearnedPositionEmbedding(nn.Module):
             (self.max_len, x.shape[-1]),
             self.param_dtype,
         )
-        out = x + table[None, : x.shape[1]].astype(x.dtype)
+        if positions is None:
+            out = x + table[None, : x.shape[1]].astype(x.dtype)
+        else:
+            _check_positions(x, positions, "LearnedPositionEmbedding")
+            out = x + table[positions].astype(x.dtype)
         return nn.with_logical_constraint(out, EMBED_ACTIVATION_AXES)
 
 
@@ -105,9 +119,19 @@ class SinusoidalPositionEmbedding(nn.Module):
     max_len: int | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Return ``x + sinusoidal_positions(length, embed)``."""
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """Return ``x + sinusoidal_positions(length, embed)``, or the encodings at int
+        ``positions`` [batch, length] in [0, max_len) (in [0, length) without ``max_len``).
+
+        Explicit positions index the same NumPy table, so positions 0..length-1 give exactly
+        the default result.
+        """
         _check_sequence(x, self.max_len, "SinusoidalPositionEmbedding")
-        table = sinusoidal_positions(x.shape[1], x.shape[2])
-        out = x + jnp.asarray(table, x.dtype)[None]
+        if positions is None:
+            table = sinusoidal_positions(x.shape[1], x.shape[2])
+            out = x + jnp.asarray(table, x.dtype)[None]
+        else:
+            _check_positions(x, positions, "SinusoidalPositionEmbedding")
+            table = sinusoidal_positions(self.max_len or x.shape[1], x.shape[2])
+            out = x + jnp.asarray(table, x.dtype)[positions]
         return nn.with_logical_constraint(out, EMBED_ACTIVATION_AXES)

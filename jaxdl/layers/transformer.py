@@ -36,10 +36,16 @@ class TransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
+        self,
+        x: jax.Array,
+        padding_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        train: bool,
     ) -> jax.Array:
         """Apply the block to ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = real token)
-        hides padded keys; ``train`` enables dropout (needs a 'dropout' rng)."""
+        hides padded keys; ``segment_ids`` [B, T] int keeps packed sequences apart (see
+        ``segment_mask``); ``train`` enables dropout (needs a 'dropout' rng)."""
         if x.shape[-1] % self.num_heads:
             raise ValueError(
                 f"embed dim {x.shape[-1]} is not divisible by num_heads={self.num_heads}"
@@ -63,7 +69,7 @@ class TransformerBlock(nn.Module):
             dropout_rate=self.dropout_rate,
             causal=self.causal,
             name="attention",
-        )(y, padding_mask, train=train)
+        )(y, padding_mask, segment_ids, train=train)
         x = nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
 
         y = norm(name="mlp_norm")(x)
@@ -81,16 +87,24 @@ def _apply_block(
     block: TransformerBlock,
     x: jax.Array,
     padding_mask: jax.Array | None,
+    segment_ids: jax.Array | None,
     train: bool,
     *,
     remat_policy: str,
     prevent_cse: bool,
 ) -> jax.Array:
-    """``block(x, padding_mask, train=train)``, rematerialised unless ``remat_policy='none'``."""
+    """``block(x, padding_mask, segment_ids, train=train)``, rematerialised unless
+    ``remat_policy='none'``."""
     if remat_policy == "none":
-        return block(x, padding_mask, train=train)
+        return block(x, padding_mask, segment_ids, train=train)
     return remat_call(
-        block, x, padding_mask, train=train, policy=remat_policy, prevent_cse=prevent_cse
+        block,
+        x,
+        padding_mask,
+        segment_ids,
+        train=train,
+        policy=remat_policy,
+        prevent_cse=prevent_cse,
     )
 
 
@@ -125,9 +139,15 @@ class TransformerStack(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
+        self,
+        x: jax.Array,
+        padding_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        train: bool,
     ) -> jax.Array:
-        """Run the blocks over ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = token)."""
+        """Run the blocks over ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = token);
+        ``segment_ids`` [B, T] int (0 = padding) keeps packed sequences apart."""
         block_kwargs = {
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
@@ -138,12 +158,18 @@ class TransformerStack(nn.Module):
         }
         if self.scan_layers:
             # nn.scan's body maps (carry, *broadcast inputs) -> (carry, per-step output); the
-            # block itself keeps its plain signature. padding_mask and the Python bool train are
-            # broadcast (the same for every layer); prevent_cse is only needed outside scan
-            # (MaxText does the same).
-            def scan_body(block, carry, mask, train_):
+            # block itself keeps its plain signature. padding_mask, segment_ids and the Python
+            # bool train are broadcast (the same for every layer); prevent_cse is only needed
+            # outside scan (MaxText does the same).
+            def scan_body(block, carry, mask, segments, train_):
                 out = _apply_block(
-                    block, carry, mask, train_, remat_policy=self.remat_policy, prevent_cse=False
+                    block,
+                    carry,
+                    mask,
+                    segments,
+                    train_,
+                    remat_policy=self.remat_policy,
+                    prevent_cse=False,
                 )
                 return out, None
 
@@ -151,16 +177,23 @@ class TransformerStack(nn.Module):
                 scan_body,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scanned(TransformerBlock(**block_kwargs, name="layers"), x, padding_mask, train)
+            block = TransformerBlock(**block_kwargs, name="layers")
+            x, _ = scanned(block, x, padding_mask, segment_ids, train)
         else:
             for i in range(self.num_layers):
                 block = TransformerBlock(**block_kwargs, name=f"layers_{i}")
                 x = _apply_block(
-                    block, x, padding_mask, train, remat_policy=self.remat_policy, prevent_cse=True
+                    block,
+                    x,
+                    padding_mask,
+                    segment_ids,
+                    train,
+                    remat_policy=self.remat_policy,
+                    prevent_cse=True,
                 )
         return make_norm(
             "layer",

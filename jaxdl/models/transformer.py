@@ -63,6 +63,19 @@ def _check_tokens(tokens: jax.Array, max_len: int, model: str) -> None:
         raise ValueError(f"{model}: sequence length {tokens.shape[1]} exceeds max_len={max_len}")
 
 
+def _check_packing(tokens: jax.Array, model: str, **arrays: jax.Array | None) -> None:
+    """Raise unless each given array (segment_ids, positions) is int and shaped like tokens."""
+    for name, array in arrays.items():
+        if array is None:
+            continue
+        if array.shape != tokens.shape:
+            raise ValueError(
+                f"{model} {name} must be shaped like tokens {tokens.shape}, got {array.shape}"
+            )
+        if not jnp.issubdtype(array.dtype, jnp.integer):
+            raise TypeError(f"{model} expects integer {name}, got dtype {array.dtype}")
+
+
 def _embed_positions(kind: str, max_len: int, param_dtype: Any) -> nn.Module:
     """The position-embedding layer for ``kind`` ('learned' or 'sinusoidal'), named pos_embed."""
     if kind == "learned":
@@ -78,11 +91,15 @@ def _embed_and_encode(
     causal: bool,
     train: bool,
     name: str,
+    segment_ids: jax.Array | None = None,
+    positions: jax.Array | None = None,
 ) -> tuple[jax.Array, Embed]:
     """Token + position embedding, dropout and the block stack shared by the LM and classifier.
 
     Called from ``model``'s compact ``__call__`` (submodules attach to it), reading its fields.
-    Returns the stack output [B, T, E] and the token embedding (for tied output projections).
+    ``segment_ids``/``positions`` [B, T] describe packed sequences (None: one sequence per row
+    at positions 0..T-1). Returns the stack output [B, T, E] and the token embedding (for tied
+    output projections).
     """
     embed = Embed(
         model.vocab_size,
@@ -92,7 +109,7 @@ def _embed_and_encode(
         name="token_embed",
     )
     x = embed(tokens)
-    x = _embed_positions(model.position_embedding, model.max_len, model.param_dtype)(x)
+    x = _embed_positions(model.position_embedding, model.max_len, model.param_dtype)(x, positions)
     x = nn.Dropout(model.dropout_rate, deterministic=not train)(x)
     x = TransformerStack(
         num_layers=model.num_layers,
@@ -105,7 +122,7 @@ def _embed_and_encode(
         scan_layers=model.scan_layers,
         remat_policy=model.remat_policy,
         name=name,
-    )(x, padding_mask, train=train)
+    )(x, padding_mask, segment_ids, train=train)
     return x, embed
 
 
@@ -116,6 +133,7 @@ class TransformerLM(nn.Module):
     Token + position embeddings -> dropout -> pre-LN causal blocks -> final LN -> logits via the
     tied token table (``tie_embeddings``) or an untied ``lm_head`` [embed, vocab] named
     ('embed','vocab'). ``dtype`` is the compute dtype (e.g. bf16); logits are always float32.
+    Packed rows (several sequences per row) pass ``segment_ids`` and ``positions``.
     """
 
     vocab_size: int
@@ -149,11 +167,35 @@ class TransformerLM(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        train: bool,
+    ) -> jax.Array:
         """Next-token logits [B, T, vocab] (float32) for ``tokens`` [B, T]; position t sees
-        tokens 0..t only. ``train`` enables dropout (needs a 'dropout' rng)."""
+        tokens 0..t only.
+
+        Packed rows: ``segment_ids`` [B, T] int (equal nonzero ids = one sequence, 0 = padding)
+        confine attention to each sequence, and ``positions`` [B, T] int (restarting at 0 per
+        sequence, < max_len) pick the position embeddings, so every packed sequence gets the
+        logits it would get alone. None (the default) means one sequence per row at positions
+        0..T-1. ``train`` enables dropout (needs a 'dropout' rng).
+        """
         _check_tokens(tokens, self.max_len, "TransformerLM")
-        x, embed = _embed_and_encode(self, tokens, None, causal=True, train=train, name="decoder")
+        _check_packing(tokens, "TransformerLM", segment_ids=segment_ids, positions=positions)
+        x, embed = _embed_and_encode(
+            self,
+            tokens,
+            None,
+            causal=True,
+            train=train,
+            name="decoder",
+            segment_ids=segment_ids,
+            positions=positions,
+        )
         if self.tie_embeddings:
             logits = embed.attend(x)
         else:

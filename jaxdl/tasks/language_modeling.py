@@ -6,6 +6,12 @@ reads
 so padding at the end of a document or of the last window never counts. Evaluation also scores a
 unigram model fitted on the training split (add-one smoothed) on exactly the same targets: the
 baseline a language model must beat.
+
+Packed records (``packed=True``: several sequences per row) also hold ``segment_ids`` int32 [T+1]
+(equal nonzero ids = one sequence, 0 = padding) and ``positions`` int32 [T+1] (restarting at 0 for
+each sequence); the model receives both (without the last position), and a target counts only
+inside its own sequence, so each packed sequence scores as it would alone. A packed dataset's
+records may also be whole documents (``tokens`` int [any length] only) that the loader packs.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdl.errors import DataError
 from jaxdl.tasks.base import EXAMPLE_MASK, Batch, BatchSpec, Field, Forward, Task, masked_mean
 
 
@@ -33,35 +40,79 @@ def _safe_exp(value: float) -> float:
 
 
 class LanguageModeling(Task):
-    """Next-token prediction with a decoder LM: ``model(tokens[:, :-1])`` → logits [B, T, V]."""
+    """Next-token prediction with a decoder LM: ``model(tokens[:, :-1])`` → logits [B, T, V].
+
+    With ``packed`` the model is called as ``model(tokens[:, :-1], segment_ids=...,
+    positions=...)`` and the target at input position t counts only when ``segment_ids[t+1] ==
+    segment_ids[t] != 0``: the first token of a sequence is never predicted from the previous one.
+    """
 
     name = "language_modeling"
     throughput_unit = "tokens"
     default_monitor = ("val_loss", "min")
 
-    def __init__(self, seq_len: int, unigram_counts: np.ndarray | None = None, pad_id: int = 0):
+    def __init__(
+        self,
+        seq_len: int,
+        unigram_counts: np.ndarray | None = None,
+        pad_id: int = 0,
+        packed: bool = False,
+    ):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         self.seq_len = int(seq_len)
         self.pad_id = int(pad_id)
+        self.packed = bool(packed)
         self.unigram = None if unigram_counts is None else unigram_log_probs(unigram_counts)
 
     def batch_spec(self) -> BatchSpec:
         length = (self.seq_len + 1,)
-        return {
+        spec = {
             "tokens": Field(np.int32, length, pad_value=self.pad_id),
             "loss_mask": Field(np.float32, length, pad_value=0.0),
         }
+        if self.packed:
+            spec["segment_ids"] = Field(np.int32, length, pad_value=0)
+            spec["positions"] = Field(np.int32, length, pad_value=0)
+        return spec
 
     def model_inputs(self, batch: Batch) -> tuple[tuple, dict]:
-        return (batch["tokens"][:, :-1],), {}
+        args = (batch["tokens"][:, :-1],)
+        if not self.packed:
+            return args, {}
+        return args, {
+            "segment_ids": batch["segment_ids"][:, :-1],
+            "positions": batch["positions"][:, :-1],
+        }
+
+    def check_record(self, record: Mapping[str, Any], where: str) -> None:
+        """Packed tasks also accept documents: records with only 1-D integer ``tokens`` of any
+        length, which the loader packs into rows; everything else is checked against the spec."""
+        if not self.packed or "segment_ids" in record:
+            super().check_record(record, where)
+            return
+        tokens = np.asarray(record.get("tokens"))
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise DataError(
+                f"{where}: packed task {self.name!r} needs packed rows or documents with 1-D "
+                f"integer 'tokens'; records have {sorted(record)}"
+            )
+
+    def target_weights(self, batch: Batch) -> jax.Array:
+        """Float32 [B, T]: 1 where predicting ``tokens[:, 1:]`` counts (see the class doc)."""
+        weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+        if self.packed:
+            segments = batch["segment_ids"]
+            same = (segments[:, 1:] == segments[:, :-1]) & (segments[:, :-1] != 0)
+            weights = weights * same.astype(jnp.float32)
+        return weights
 
     def _token_losses(self, forward: Forward, batch: Batch):
         """Per-position NLL [B, T], targets [B, T], weights [B, T] and logits."""
         args, kwargs = self.model_inputs(batch)
         logits = forward(*args, **kwargs).astype(jnp.float32)
         targets = batch["tokens"][:, 1:]
-        weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+        weights = self.target_weights(batch)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         return nll, targets, weights, logits
 

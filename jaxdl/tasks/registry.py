@@ -87,9 +87,26 @@ def _sequence_classification(task_config, data, config) -> Task:
 
 @register_task("language_modeling")
 def _language_modeling(task_config, data, config) -> Task:
-    del task_config, config
+    """Packed rows (segment_ids/positions fields) when the data says so: packed data sets
+    ``info['packed'] = True`` and ``info['seq_len']`` (its records may be documents the loader
+    packs). ``task.packed`` defaults to that and may only repeat it."""
+    del config
+    data_packed = bool(data.info.get("packed", False))
+    packed = task_config.get("packed", None)
+    if packed is not None and bool(packed) != data_packed:
+        raise ConfigError(
+            f"task.packed={bool(packed)} but the data is "
+            f"{'packed' if data_packed else 'not packed'} (data.info['packed']={data_packed})"
+        )
+    if data_packed:
+        if "seq_len" not in data.info:
+            raise DataError("packed language-modelling data must set info['seq_len']")
+        seq_len = int(data.info["seq_len"])
+    else:
+        seq_len = _first(data, "tokens", "language_modeling").shape[0] - 1
     return LanguageModeling(
-        seq_len=_first(data, "tokens", "language_modeling").shape[0] - 1,
+        seq_len=seq_len,
         unigram_counts=data.info.get("unigram_counts"),
         pad_id=int(data.info.get("pad_id", 0)),
+        packed=data_packed,
     )
