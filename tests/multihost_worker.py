@@ -14,6 +14,8 @@ Each process owns 4 CPU devices; ``jax.distributed`` with gloo collectives joins
   ``params.npz`` (the gathered final params and BatchNorm statistics).
 - ``trainer``: the real ``jaxdl train`` path (config file, overrides, ``build_experiment``,
   ``Trainer.fit``) for a tiny model and 2 epochs.
+- ``preempt``: the same for 200 epochs, to be stopped by SIGTERM (a pod preemption); exits with
+  the CLI's exit code.
 
 Run from the repository root (the trainer mode reads experiments/digits_resnet.py). The helpers
 below are shared with the test, which recomputes the same run in one process.
@@ -43,6 +45,7 @@ MESHES: dict[str, dict[str, int]] = {
     "fsdp4_tensor2": {"fsdp": 4, "tensor": 2},
 }
 DIGITS_CONFIG = "experiments/digits_resnet.py:depth=8,epochs=2"
+LONG_DIGITS_CONFIG = "experiments/digits_resnet.py:depth=8,epochs=200"
 TRAINER_OVERRIDES = (
     "--config.model.width=8",
     "--config.train.batch_size=256",
@@ -150,8 +153,12 @@ def run_trainer(args: argparse.Namespace) -> int:
         f"--config.distributed.process_id={args.process_id}",
         "--config.distributed.cpu_collectives=gloo",
     )
-    argv = ["train", "--config", DIGITS_CONFIG, "--workdir", args.workdir]
-    return cli_main([*argv, *TRAINER_OVERRIDES, *distributed])
+    config = LONG_DIGITS_CONFIG if args.mode == "preempt" else DIGITS_CONFIG
+    argv = ["train", "--config", config, "--workdir", args.workdir]
+    try:
+        return cli_main([*argv, *TRAINER_OVERRIDES, *distributed])
+    except SystemExit as exit_:  # a JaxdlExit: its one line is printed, the code returned
+        return int(exit_.code or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-processes", type=int, default=2)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--mode", choices=["steps", "trainer"], default="steps")
+    parser.add_argument("--mode", choices=["steps", "trainer", "preempt"], default="steps")
     parser.add_argument("--mesh", choices=sorted(MESHES), default="data8")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--global-batch", type=int, default=64)
     args = parser.parse_args(argv)
-    if args.mode == "trainer":
+    if args.mode in ("trainer", "preempt"):
         return run_trainer(args)
     initialize_distributed(
         {

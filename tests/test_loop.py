@@ -105,10 +105,10 @@ def test_evaluations_drive_early_stopping_which_stops_the_loop():
         schedule=lambda step: 0.1,
         print_line=lambda line: None,
     )
-    stopper = EarlyStopper(EarlyStopping(monitor="val_accuracy", mode="max", patience=1), print)
+    stopper = EarlyStopper(EarlyStopping(monitor="val_accuracy", mode="max", patience=2), print)
     loop = _loop([evaluator, stopper], total_steps=20)
     loop.run()
-    # Evaluations at 2, 4, 6, 8: best 0.7 at step 4, then two without improvement > patience 1.
+    # Evaluations at 2, 4, 6, 8: best 0.7 at step 4, then the second without improvement stops.
     assert loop.step == 8 and loop.should_stop
     assert "no val_accuracy improvement for 2 evaluations" in loop.stop_reason
     assert stopper.improved_at == 4 and stopper.early_stopping.best_step == 4

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.config import load_config
+from jaxdl.errors import InterruptedRun
 from jaxdl.experiment import build_experiment
 from jaxdl.parallel import batch_sharding, make_mesh, shard_batch
 from jaxdl.train import Trainer, TrainState
@@ -120,6 +122,7 @@ def launch(tmp_path):
             _wait(processes, tmp_path, deadline)
             return tmp_path
 
+        finished.processes = processes  # for tests that signal the workers
         return finished
 
     yield start
@@ -224,17 +227,48 @@ def test_cli_training_across_two_processes_matches_single_process_evaluation(lau
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["split"] == "val"] == [1, 2]
 
-    # Each process checkpointed its own data-iterator position: disjoint shards of one stream.
+    # Each process checkpointed its own data-iterator position in its own shard: both read
+    # their half of every global batch.
     data_dir = workdir / "checkpoints" / str(total_steps) / "data"
     positions = [
-        json.loads((data_dir / f"process_{i}-of-2.json").read_text())["last_seen_indices"]["0"]
+        json.loads((data_dir / f"process_{i}-of-2.json").read_text())["next_index"]
         for i in range(2)
     ]
-    consumed = total_steps * experiment.global_batch_size
-    assert positions == [consumed - 2, consumed - 1]
+    assert positions == [total_steps * experiment.global_batch_size // 2] * 2
 
     # One process re-evaluating the two-process checkpoint reproduces the two-process evaluation.
     single = Trainer(experiment, str(workdir), quiet=True).evaluate_checkpoint("test")
     assert single["step"] == results["step"]
     assert single["confusion_matrix"] == results["confusion_matrix"]
     np.testing.assert_allclose(single["loss"], results["loss"], rtol=RTOL)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(launch, tmp_path):
+    processes = launch("--mode", "preempt").processes
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (
+        metrics.exists()
+        and any(json.loads(line)["step"] >= 10 for line in metrics.read_text().splitlines())
+    ):
+        assert time.monotonic() < deadline, _logs(tmp_path)
+        assert all(p.poll() is None for p in processes), _logs(tmp_path)
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)  # the preemption notice reaches process 1 only
+    codes = [p.wait(timeout=TIMEOUT_S) for p in processes]
+    assert codes == [InterruptedRun.exit_code] * 2, _logs(tmp_path)
+    saved = []
+    for i in range(2):
+        last = (tmp_path / f"worker_{i}.log").read_text().strip().splitlines()[-1]
+        assert last.startswith("jaxdl: SIGTERM: saved step "), _logs(tmp_path)
+        saved.append(int(last.split("saved step ")[1].split()[0]))
+    assert saved[0] == saved[1] > 10
+    loop = json.loads((tmp_path / "checkpoints" / str(saved[0]) / "loop" / "metadata").read_text())
+    assert loop["step"] == saved[0]
+    # Each process saved its own data-iterator position at that step.
+    data = tmp_path / "checkpoints" / str(saved[0]) / "data"
+    assert sorted(p.name for p in data.glob("process_*")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
+    assert not list(tmp_path.rglob("*.orbax-checkpoint-tmp*"))

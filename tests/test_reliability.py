@@ -1,6 +1,7 @@
 """Runs that end early end cleanly: one writer per workdir, signals, divergence, replayed logs."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from jaxdl.errors import DivergedError, WorkdirLockedError
 from jaxdl.experiment import build_experiment
-from jaxdl.train import Trainer
+from jaxdl.train import ConfigChangedError, Trainer
 from jaxdl.train.workdir_lock import LOCK_NAME, WorkdirLock
 from tests.helpers import tiny_digits_config
 
@@ -296,3 +297,169 @@ def test_a_kill_after_the_latest_commit_but_before_the_best_copy_repairs_best(tm
     assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == ["8"]
     assert results["step"] == 8 and results["best_step"] == 8
     assert results["confusion_matrix"] == finished["confusion_matrix"]
+
+
+def _poison_calls(trainer: Trainer, calls: set[int], log: list | None = None) -> None:
+    """Makes the trainer's step see NaN inputs at the given (1-based) calls: a non-finite loss;
+    ``log`` collects the learning-rate scale of every call."""
+    step, count = trainer.train_step, {"n": 0}
+
+    def poisoned(state, batch, lr_scale=1.0):
+        count["n"] += 1
+        if log is not None:
+            log.append(lr_scale)
+        if count["n"] in calls:
+            batch = {**batch, "inputs": batch["inputs"] * np.nan}
+        return step(state, batch, lr_scale=lr_scale)
+
+    trainer.train_step = poisoned
+
+
+def _latest_loop_state(workdir) -> dict:
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    return json.loads((workdir / "checkpoints" / str(steps[-1]) / "loop" / "metadata").read_text())
+
+
+def _finite_checkpoints(workdir) -> None:
+    for step_dir in (workdir / "checkpoints").iterdir():
+        if step_dir.name.isdigit():
+            restored = ocp.PyTreeCheckpointer().restore(step_dir / "state")
+            for leaf in jax.tree.leaves(restored):
+                assert np.all(np.isfinite(leaf)), step_dir
+
+
+def test_skip_drops_non_finite_updates_and_trains_on(tmp_path, capsys):
+    config = tiny_digits_config(
+        1, "--config.train.num_steps=12", "--config.train.on_nonfinite=skip",
+        "--config.train.max_nonfinite_skips=3", "--config.schedule.warmup_epochs=0.1",
+    )  # fmt: skip
+    trainer = Trainer(build_experiment(config), str(tmp_path))
+    _poison_calls(trainer, {3, 4, 9})  # two in a row: below the limit of 3
+    results = trainer.fit()
+    assert results["step"] == 12 and math.isfinite(results["loss"])
+    assert _latest_loop_state(tmp_path)["callbacks"]["DivergenceGuard"] == {"run": 0, "skipped": 3}
+    assert "skipped 2 non-finite update(s) by step 5 (2 in all)" in capsys.readouterr().out
+    _finite_checkpoints(tmp_path)
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_skip_stops_after_max_nonfinite_skips_in_a_row(tmp_path):
+    config = tiny_digits_config(
+        2, "--config.optimizer.learning_rate=1e6", "--config.checkpoint.every_steps=2",
+        "--config.schedule.warmup_epochs=0", "--config.train.on_nonfinite=skip",
+        "--config.train.max_nonfinite_skips=3", "--config.logging.every_steps=1",
+    )  # fmt: skip
+    trainer = Trainer(build_experiment(config), str(tmp_path), quiet=True)
+    with pytest.raises(DivergedError, match=r"non-finite for 3 steps in a row \(steps (\d+)-") as e:
+        trainer.fit()
+    first = int(e.value.args[0].split("(steps ")[1].split("-")[0])
+    # Checked every step (logging.every_steps=1): stopped right at the third skip, never saved.
+    assert trainer.checkpointer.latest_step() < first + 2
+    _finite_checkpoints(tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_rollback_restores_the_last_checkpoint_with_a_lower_lr_that_survives_a_resume(tmp_path):
+    overrides = (
+        "--config.train.num_steps=16", "--config.checkpoint.every_steps=4",
+        "--config.train.eval_every_steps=8", "--config.schedule.warmup_epochs=0.1",
+        "--config.train.on_nonfinite=rollback", "--config.train.rollback_lr_factor=0.25",
+    )  # fmt: skip
+    config = tiny_digits_config(1, *overrides)
+    first = Trainer(build_experiment(config), str(tmp_path), quiet=True)
+    scales: list[float] = []
+    _poison_calls(first, {7}, scales)  # found at the step-8 check; back to step 4
+    step = first.train_step
+
+    def crash(state, batch, lr_scale=1.0):  # a kill after step 12 was saved (the 17th call)
+        if len(scales) == 16:
+            raise KeyboardInterrupt
+        return step(state, batch, lr_scale=lr_scale)
+
+    first.train_step = crash
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    first.checkpointer.wait()
+    # 8 steps at scale 1 (the 8th checked and found bad), then steps 5.. again at 0.25.
+    assert scales[:8] == [1.0] * 8 and set(scales[8:]) == {0.25}
+    loop = _latest_loop_state(tmp_path)
+    assert loop["step"] == 12 and loop["lr_scale"] == 0.25 and loop["rollbacks"] == 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not any(r.get("nonfinite") for r in records)  # the diverged window was cut
+
+    resumed = Trainer(build_experiment(config), str(tmp_path), quiet=True)
+    resumed_scales: list[float] = []
+    _poison_calls(resumed, set(), resumed_scales)
+    results = resumed.fit()
+    assert resumed_scales == [0.25] * 4 and results["step"] == 16
+    assert _latest_loop_state(tmp_path)["lr_scale"] == 0.25
+    _finite_checkpoints(tmp_path)
+    train_steps = [json.loads(line)["step"] for line in
+                   (tmp_path / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["split"] == "train"]  # fmt: skip
+    assert train_steps == sorted(set(train_steps))
+
+
+def test_rollback_gives_up_after_max_rollbacks(tmp_path, capsys):
+    config = tiny_digits_config(
+        1, "--config.optimizer.learning_rate=1e6", "--config.schedule.warmup_epochs=0",
+        "--config.train.on_nonfinite=rollback", "--config.train.max_rollbacks=2",
+    )  # fmt: skip
+    trainer = Trainer(build_experiment(config), str(tmp_path))
+    with pytest.raises(DivergedError, match=r"after 2 rollback\(s\) \(learning rate x0\.25\)"):
+        trainer.fit()
+    out = capsys.readouterr().out
+    assert "rolled back to step 0 with the learning rate x0.5 (rollback 1 of 2)" in out
+    assert "rolled back to step 0 with the learning rate x0.25 (rollback 2 of 2)" in out
+    assert trainer.checkpointer.latest_step() == 0  # the initial state, saved for rollbacks
+    _finite_checkpoints(tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--config.train.on_nonfinite=ignore", "train.on_nonfinite must be one of stop, skip"),
+        ("--config.train.max_nonfinite_skips=0", "train.max_nonfinite_skips must be >= 1"),
+        ("--config.train.rollback_lr_factor=1.5", "train.rollback_lr_factor must be in (0, 1)"),
+        ("--config.train.max_rollbacks=-1", "train.max_rollbacks must be >= 0"),
+    ],
+)
+def test_a_bad_nonfinite_setting_is_one_line_with_exit_2(tmp_path, override, message):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxdl", "train",
+         "--config", "experiments/digits_resnet.py:depth=8,epochs=3",
+         "--workdir", str(tmp_path / "run"), override],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxdl: error: ") and message in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_history_is_kept_on_an_allowed_change_and_untouched_on_a_refused_one(tmp_path):
+    config = tiny_digits_config(
+        1, "--config.train.num_steps=4", "--config.schedule.warmup_epochs=0"
+    )
+    Trainer(build_experiment(config), str(tmp_path), quiet=True).fit()
+    original = (tmp_path / "config.json").read_text()
+    refused = tiny_digits_config(
+        1, "--config.train.num_steps=4", "--config.seed=1", "--config.schedule.warmup_epochs=0"
+    )
+    with pytest.raises(ConfigChangedError):
+        Trainer(build_experiment(refused), str(tmp_path), quiet=True).fit()
+    assert (tmp_path / "config.json").read_text() == original
+    assert sorted(p.name for p in tmp_path.glob("config*.json")) == ["config.json"]
+
+    changed = tiny_digits_config(
+        1, "--config.train.num_steps=6", "--config.schedule.warmup_epochs=0"
+    )
+    Trainer(build_experiment(changed), str(tmp_path), quiet=True, allow_config_change=True).fit()
+    assert (tmp_path / "config.4.json").read_text() == original  # what steps 1-4 trained with
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 6
+    # A plain resume with the same config keeps no copy.
+    Trainer(build_experiment(changed), str(tmp_path), quiet=True).fit()
+    assert sorted(p.name for p in tmp_path.glob("config*.json")) == ["config.4.json", "config.json"]

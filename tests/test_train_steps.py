@@ -1,6 +1,7 @@
 """Train/eval step semantics: gradient accumulation, masking, label smoothing, batch sizing."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -19,7 +20,7 @@ from jaxdl.train import (
 )
 
 
-def _setup(microbatches, mesh_sizes=None):
+def _setup(microbatches, mesh_sizes=None, skip_nonfinite=False):
     mesh = make_mesh(mesh_sizes or {"data": 8})
     model = get_model("lenet5", num_classes=10)  # no BatchNorm: microbatching is exact
     sample = jax.ShapeDtypeStruct((32, 8, 8, 1), np.float32)
@@ -28,7 +29,11 @@ def _setup(microbatches, mesh_sizes=None):
     )
     sharding = batch_sharding(mesh)
     step = ShardedStep(
-        make_train_step(microbatches=microbatches), mesh, shardings, sharding, returns_state=True
+        make_train_step(microbatches=microbatches, skip_nonfinite=skip_nonfinite),
+        mesh,
+        shardings,
+        sharding,
+        returns_state=True,
     )
     return state, step, sharding, shardings, mesh
 
@@ -100,3 +105,39 @@ def test_global_batch_from_per_device_batch_scales_with_data_parallel_degree():
     train.per_device_batch_size = 16
     assert global_batch_size(train, 8) == 128
     assert global_batch_size(train, 2) == 32
+
+
+def test_a_non_finite_step_keeps_the_state_and_lr_scale_scales_the_update():
+    state, step, sharding, _, _ = _setup(1, skip_nonfinite=True)
+    before = jax.device_get((state.params, state.opt_state))
+    poisoned = _batch()
+    poisoned["inputs"][0, 0, 0, 0] = np.nan
+    state, metrics = step(state, shard_batch(poisoned, sharding))
+    assert bool(metrics["nonfinite"]) and int(state.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before[0])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.opt_state), before[1])
+
+    # SGD: the update with lr_scale 0.5 is half the full one (same gradients from the same state).
+    start = jax.device_get(state.params)
+    copy = lambda: jax.tree.map(jnp.copy, state)  # noqa: E731 - the step donates its input
+    batch = shard_batch(_batch(seed=1), sharding)
+    full, _ = step(copy(), batch)
+    half, metrics = step(copy(), batch, lr_scale=0.5)
+    assert not bool(metrics["nonfinite"])
+    jax.tree.map(
+        lambda s, f, h: np.testing.assert_allclose(h - s, (f - s) / 2, rtol=1e-4, atol=1e-7),
+        start,
+        jax.device_get(full.params),
+        jax.device_get(half.params),
+    )
+
+
+def test_without_skip_a_non_finite_step_is_applied_as_computed():
+    # train.on_nonfinite='stop': no select in the step (the loop stops; nothing is saved).
+    state, step, sharding, _, _ = _setup(1)
+    poisoned = _batch()
+    poisoned["inputs"][0, 0, 0, 0] = np.nan
+    state, metrics = step(state, shard_batch(poisoned, sharding))
+    assert bool(metrics["nonfinite"])
+    leaves = jax.tree.leaves(jax.device_get(state.params))
+    assert any(not np.isfinite(leaf).all() for leaf in leaves)
