@@ -63,6 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.schedule.name = "cosine"
     config.schedule.warmup_epochs = 2.0
     config.schedule.min_value = 0.0
+    # Add config.schedule.staircase = True to change the rate once per epoch only, as a torch
+    # scheduler stepped per epoch (e.g. ExponentialLR) does.
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = args.epochs
@@ -73,6 +75,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_batch_size = 256
     config.train.eval_every_steps = config_dict.placeholder(int)  # None: once per epoch
     config.train.microbatches = 1
+    # Non-finite loss/gradients: "stop" | "skip" (drop the update; stop after max_nonfinite_skips
+    # in a row) | "rollback" (to the last finite checkpoint, learning rate x rollback_lr_factor).
+    config.train.on_nonfinite = "stop"
+    config.train.max_nonfinite_skips = 10
+    config.train.rollback_lr_factor = 0.5
+    config.train.max_rollbacks = 3
 
     config.init = sections.init()
     config.early_stopping = sections.early_stopping("val_accuracy", "max")

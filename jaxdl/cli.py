@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|evaluate|compile``.
+"""Command line: ``jaxdl train|evaluate|compile|data convert``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -62,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
         help="image tasks: one example's shape, e.g. 224,224,3, instead of loading the data",
     )
     compile_.add_argument("--json", help="also write the report to this JSON file")
+    data = commands.add_parser("data", help="dataset tools", allow_abbrev=False)
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    convert = data_commands.add_parser(
+        "convert",
+        help="decode a config's dataset once into sharded ArrayRecord files",
+        allow_abbrev=False,
+    )
+    convert.add_argument("--config", required=True, help="experiment file, optionally path:arg")
+    convert.add_argument("--out", required=True, help="new directory for the shards")
+    convert.add_argument("--shards", type=int, help="number of shard files (default ~50k/shard)")
     return parser
 
 
@@ -98,6 +108,32 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """``jaxdl data convert``: the config's unsplit dataset written as ArrayRecord shards (train
+    from it with ``data.name='array_record'``, ``data.options.path=OUT``)."""
+    from jaxdl.config import load_config
+    from jaxdl.data.array_record import write_array_records
+    from jaxdl.data.loading import open_pool
+    from jaxdl.errors import DataError, UserError
+
+    config = load_config(args.config, overrides)
+    source, info = open_pool(config.data)
+    skip = config.data.get("on_error", "raise") == "skip"
+    try:
+        metadata = write_array_records(
+            source, args.out, num_shards=args.shards, info=info, skip_errors=skip
+        )
+    except FileExistsError as error:
+        raise UserError(str(error)) from None
+    except ValueError as error:  # an unreadable record (RecordError) or a bad shard count
+        raise DataError(f"data convert: {error}") from None
+    shards = len(metadata["shards"])
+    print(f"wrote {metadata['num_records']:,} records in {shards} shard(s) to {args.out}")
+    if metadata["skipped"]:
+        print(f"skipped {len(metadata['skipped'])} unreadable record(s): see metadata.json")
+    return 0
+
+
 def _check_writable_workdir(workdir: str) -> None:
     """A workdir must be a directory we can write, or creatable; checked before any work."""
     from jaxdl.errors import UserError
@@ -117,6 +153,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     if args.command == "compile":
         return _compile(args, extra)
+    if args.command == "data":
+        return _convert(args, extra)
     if args.command == "train":
         config = load_config(args.config, extra)
         _check_writable_workdir(args.workdir)

@@ -71,11 +71,15 @@ def init(take: tuple[str, ...] = ("params/*", "batch_stats/*")) -> ml_collection
 
 
 def early_stopping(monitor: str, mode: str) -> ml_collections.ConfigDict:
-    """``patience`` counts evaluations without improvement (None: never stop early)."""
+    """As Keras' ``EarlyStopping``: stop at the ``patience``-th consecutive evaluation without an
+    improvement of more than ``min_delta`` (None: never stop early); evaluations in the first
+    ``start_from_epoch`` epochs (or up to ``start_from_step``) are ignored."""
     section = ml_collections.ConfigDict()
     section.monitor = monitor
     section.mode = mode
     section.patience = config_dict.placeholder(int)
     section.min_delta = 0.0
+    section.start_from_epoch = 0  # Keras' start_from_epoch: a warm-up that never stops the run
+    section.start_from_step = 0  # the same in steps (set one of the two)
     section.restore_best = True
     return section

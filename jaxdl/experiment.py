@@ -159,11 +159,13 @@ def build_experiment(
             f"train.eval_batch_size={eval_batch} must be a multiple of the data-parallel degree "
             f"{data_parallel} and the process count {processes}"
         )
-    if global_batch > len(data.train):
+    # Packed text counts rows, not documents: the loader says how many one epoch makes.
+    train_examples = int(data.info.get("train_examples", len(data.train)))
+    if global_batch > train_examples:
         raise ConfigError(
-            f"train.batch_size={global_batch} exceeds the {len(data.train):,} training examples"
+            f"train.batch_size={global_batch} exceeds the {train_examples:,} training examples"
         )
-    per_epoch = count_steps_per_epoch(len(data.train), global_batch)
+    per_epoch = count_steps_per_epoch(train_examples, global_batch)
     total_steps = _total_steps(config.train, per_epoch)
     schedule = _as_config_error(
         "schedule",
@@ -203,7 +205,11 @@ def build_experiment(
         state_shardings=shardings,
         batch_sharding=sharding,
         train_step=ShardedStep(
-            make_train_step(task, microbatches=microbatches),
+            make_train_step(
+                task,
+                microbatches=microbatches,
+                skip_nonfinite=config.train.get("on_nonfinite", "stop") != "stop",
+            ),
             mesh,
             shardings,
             sharding,

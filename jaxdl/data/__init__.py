@@ -1,6 +1,7 @@
 """Data: record sources and split bundles, image and text datasets, preprocessing, augmentation,
 splits and grain pipelines."""
 
+from jaxdl.data.array_record import ArrayRecordSource, write_array_records
 from jaxdl.data.augment import (
     AUGMENT_DEFAULTS,
     color_jitter,
@@ -22,9 +23,12 @@ from jaxdl.data.image import (
     standardize,
     to_unit_range,
 )
-from jaxdl.data.loading import available_datasets, load_data
+from jaxdl.data.image_sources import HFImageSource, ImageFolderSource
+from jaxdl.data.loading import available_datasets, load_data, open_pool
+from jaxdl.data.packing import PackedRows, pack_documents
 from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader, steps_per_epoch
-from jaxdl.data.records import ArraySource, ConstantSource, DataSplits, RecordSource
+from jaxdl.data.record_errors import GuardedSource
+from jaxdl.data.records import ArraySource, ConstantSource, DataSplits, RecordError, RecordSource
 from jaxdl.data.sources import (
     ArrayDataset,
     get_dataset,
@@ -41,8 +45,31 @@ from jaxdl.data.text_datasets import (
     load_text_classification_csv,
     load_text_lm_files,
 )
+from jaxdl.data.text_sources import (
+    ByteTokenizer,
+    CharTokenizer,
+    HFTextSource,
+    TextLineSource,
+    TokenizedText,
+    Tokenizer,
+)
 
 __all__ = [
+    "ArrayRecordSource",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "GuardedSource",
+    "HFImageSource",
+    "HFTextSource",
+    "ImageFolderSource",
+    "PackedRows",
+    "RecordError",
+    "TextLineSource",
+    "TokenizedText",
+    "Tokenizer",
+    "open_pool",
+    "pack_documents",
+    "write_array_records",
     "AUGMENT_DEFAULTS",
     "TEXT_SPLIT_LOADERS",
     "ArrayDataset",

@@ -24,6 +24,14 @@ Record = dict[str, np.ndarray]
 SPLIT_NAMES = ("train", "val", "test")
 
 
+class RecordError(ValueError):
+    """One record cannot be read or decoded (a corrupt image, an empty text, a truncated file).
+
+    The message names the record (file path, shard and offset, row); ``data.on_error`` decides
+    whether it stops the run or the record is skipped and reported.
+    """
+
+
 @runtime_checkable
 class RecordSource(Protocol):
     """A random-access source of example records (grain's ``RandomAccessDataSource``)."""
@@ -43,6 +51,8 @@ class ArraySource:
         if len(set(lengths.values())) != 1:
             raise ValueError(f"ArraySource arrays differ in length: {lengths}")
         self.arrays = arrays
+        # Class labels, readable without building records (for stratified splits).
+        self.labels = arrays.get("labels")
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))

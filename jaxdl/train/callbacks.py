@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxdl.errors import ConfigError
+
 if TYPE_CHECKING:
     from jaxdl.train.loop import TrainLoop
 
@@ -49,29 +51,83 @@ class Callback:
         del state
 
 
+# Every field of the ``early_stopping`` config section (``restore_best`` is the trainer's).
+EARLY_STOPPING_FIELDS = frozenset(
+    [
+        "monitor",
+        "mode",
+        "patience",
+        "min_delta",
+        "start_from_epoch",
+        "start_from_step",
+        "restore_best",
+    ]
+)
+
+
+def _non_negative_int(field: str, value: Any) -> int:
+    """An early_stopping field that must be an int >= 0 (a one-line ConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"early_stopping.{field} must be an int >= 0, got {value!r}")
+    return value
+
+
 @dataclasses.dataclass
 class EarlyStopping:
     """Tracks a monitored metric over evaluations; says when it improved and when to stop.
 
-    ``patience=None`` never stops but still tracks the best evaluation (the trainer uses that to
-    keep the best checkpoint). An improvement must beat the best by more than ``min_delta``;
-    ``patience`` counts evaluations without improvement (an evaluation a step-based loop runs
-    every ``eval_every_steps``, once per epoch by default).
+    Keras' and Lightning's meaning: ``patience=p`` stops at the p-th consecutive evaluation without
+    improvement (``p=0`` acts as 1, as there); ``patience=None`` never stops but still tracks the
+    best evaluation (the trainer keeps the best checkpoint from it). An improvement must beat the
+    best by more than ``min_delta``. An evaluation is what the step-based loop runs every
+    ``eval_every_steps`` (once per epoch by default). ``start_from_step=S > 0`` makes the first S
+    steps a warm-up: evaluations at steps <= S are ignored entirely (no best, no count), as Keras
+    ignores the epochs before ``start_from_epoch``; ``start_from_epoch=N`` is ``S = N * steps per
+    epoch``.
     """
 
     monitor: str = "val_accuracy"
     mode: str = "max"
     patience: int | None = None
     min_delta: float = 0.0
+    start_from_step: int = 0
     best: float | None = None
     best_step: int | None = None
     evaluations_without_improvement: int = 0
 
     def __post_init__(self):
         if self.mode not in ("min", "max"):
-            raise ValueError(f"early_stopping.mode must be 'min' or 'max', got {self.mode!r}")
-        if self.patience is not None and self.patience < 0:
-            raise ValueError(f"early_stopping.patience must be >= 0, got {self.patience}")
+            raise ConfigError(f"early_stopping.mode must be 'min' or 'max', got {self.mode!r}")
+        if self.patience is not None:
+            _non_negative_int("patience", self.patience)
+        _non_negative_int("start_from_step", self.start_from_step)
+
+    @classmethod
+    def from_config(
+        cls, section: Mapping[str, Any], *, monitor: str, mode: str, steps_per_epoch: int
+    ) -> EarlyStopping:
+        """The early stopping an ``early_stopping`` config section describes; ``monitor`` and
+        ``mode`` are the task's defaults for fields left unset. ``start_from_epoch`` (Keras' name)
+        or ``start_from_step``, not both, delays monitoring; epochs count ``steps_per_epoch``."""
+        unknown = sorted(set(section.keys()) - EARLY_STOPPING_FIELDS)
+        if unknown:
+            raise ConfigError(
+                f"unknown early_stopping field(s) {unknown}; valid: {sorted(EARLY_STOPPING_FIELDS)}"
+            )
+        epochs = _non_negative_int("start_from_epoch", section.get("start_from_epoch") or 0)
+        steps = _non_negative_int("start_from_step", section.get("start_from_step") or 0)
+        if epochs and steps:
+            raise ConfigError("set early_stopping.start_from_epoch or start_from_step, not both")
+        min_delta = section.get("min_delta", 0.0)
+        if isinstance(min_delta, bool) or not isinstance(min_delta, int | float):
+            raise ConfigError(f"early_stopping.min_delta must be a number, got {min_delta!r}")
+        return cls(
+            monitor=section.get("monitor") or monitor,
+            mode=section.get("mode") or mode,
+            patience=section.get("patience"),
+            min_delta=float(min_delta),
+            start_from_step=steps or epochs * steps_per_epoch,
+        )
 
     def update(self, step: int, metrics: Mapping[str, float]) -> tuple[bool, bool]:
         """Feeds one evaluation's metrics taken at ``step``; returns ``(improved, should_stop)``."""
@@ -79,6 +135,8 @@ class EarlyStopping:
             raise ValueError(
                 f"early_stopping.monitor {self.monitor!r} not among metrics {sorted(metrics)}"
             )
+        if self.start_from_step and step <= self.start_from_step:
+            return False, False
         value = float(metrics[self.monitor])
         sign = 1.0 if self.mode == "max" else -1.0
         improved = math.isfinite(value) and (
@@ -88,7 +146,11 @@ class EarlyStopping:
             self.best, self.best_step, self.evaluations_without_improvement = value, step, 0
         else:
             self.evaluations_without_improvement += 1
-        stop = self.patience is not None and self.evaluations_without_improvement > self.patience
+        stop = (
+            not improved
+            and self.patience is not None
+            and self.evaluations_without_improvement >= self.patience
+        )
         return improved, stop
 
     def state_dict(self) -> dict:
@@ -326,34 +388,86 @@ class InterruptCallback(Callback):
             loop.request_stop(f"{name} received: stopping after step {step}")
 
 
+@jax.jit
+def _count_nonfinite(counts: dict[str, jax.Array], bad: jax.Array, step: int, limit: int):
+    """One step of ``DivergenceGuard``'s on-device counters (one dispatch, no host sync)."""
+    run = jnp.where(bad, counts["run"] + 1, 0)
+    hit = jnp.where((counts["hit"] < 0) & (run >= limit), step, counts["hit"])
+    return {"run": run, "hit": hit, "skipped": counts["skipped"] + bad.astype(jnp.int32)}
+
+
 class DivergenceGuard(Callback):
     """Watches the train step's ``nonfinite`` flag (loss or gradients not finite) on device and
-    stops the loop before a non-finite state is evaluated or saved.
+    stops the loop once ``limit`` steps in a row were non-finite (1: at the first one).
 
-    The flag is OR-ed on device every step (no host sync) and read on the host only at steps
-    where something would be written: log windows, evaluations, checkpoints and the last step.
-    ``loop.diverged`` then holds the first non-finite step.
+    The train step never applies a non-finite update, so the state stays finite; the counters
+    (steps in a row, total skipped, the step the limit was hit) live on device and are read on
+    the host only at steps where something would be written: log windows, evaluations,
+    checkpoints and the last step. ``loop.diverged`` then holds the step that hit the limit. The
+    counts are loop state, so a resumed run keeps counting where the checkpoint left off.
     """
 
-    def __init__(self, check_every: tuple[int | None, ...]):
+    def __init__(
+        self,
+        check_every: tuple[int | None, ...],
+        *,
+        limit: int = 1,
+        print_line: Callable[[str], None] | None = None,
+    ):
         self.check_every = tuple(int(n) for n in check_every if n)
-        self._any: jax.Array | None = None
-        self._first: jax.Array | None = None
+        self.limit, self.print_line = int(limit), print_line
+        self._saved = {"run": 0, "skipped": 0}
+        self._counts: dict[str, jax.Array] | None = None
+        self._reported = 0  # skipped steps already reported
+
+    def on_train_start(self, loop) -> None:
+        self._counts, self._reported = None, self._saved["skipped"]
 
     def on_step_end(self, loop, step, metrics) -> None:
         bad = metrics["nonfinite"]
-        if self._any is None:
-            self._any, self._first = bad, jnp.where(bad, step, -1)
-        else:
-            self._first = jnp.where(self._any | ~bad, self._first, step)
-            self._any = self._any | bad
+        if self._counts is None:  # laid out like the flag (global on every process)
+            zero = jnp.zeros_like(bad, jnp.int32)
+            self._counts = {
+                "run": zero + self._saved["run"],
+                "hit": zero - 1,
+                "skipped": zero + self._saved["skipped"],
+            }
+        self._counts = _count_nonfinite(self._counts, bad, step, self.limit)
         if any(every(step, n) for n in self.check_every) or step == loop.total_steps:
             self.check(loop)
 
     def check(self, loop) -> None:
-        if self._any is not None and bool(jax.device_get(self._any)) and loop.diverged is None:
-            loop.diverged = int(jax.device_get(self._first))
-            loop.request_stop(f"loss or gradients became non-finite at step {loop.diverged}")
+        """Reads the counters (a host sync); stops the loop if the limit was hit."""
+        if self._counts is None or loop.diverged is not None:
+            return
+        hit, skipped = (
+            int(x) for x in jax.device_get((self._counts["hit"], self._counts["skipped"]))
+        )
+        if hit >= 0:
+            loop.diverged = hit
+            if self.limit == 1:
+                reason = f"loss or gradients became non-finite at step {hit}"
+            else:
+                reason = (
+                    f"loss or gradients were non-finite for {self.limit} steps in a row "
+                    f"(steps {hit - self.limit + 1}-{hit})"
+                )
+            loop.request_stop(reason)
+        elif skipped > self._reported and self.print_line is not None:
+            self.print_line(
+                f"skipped {skipped - self._reported} non-finite update(s) by step {loop.step} "
+                f"({skipped} in all)"
+            )
+        self._reported = skipped
+
+    def state_dict(self) -> dict:
+        if self._counts is None:
+            return dict(self._saved)
+        run, skipped = jax.device_get((self._counts["run"], self._counts["skipped"]))
+        return {"run": int(run), "skipped": int(skipped)}
+
+    def load_state_dict(self, state) -> None:
+        self._saved = {"run": int(state.get("run", 0)), "skipped": int(state.get("skipped", 0))}
 
 
 class Checkpointing(Callback):
@@ -362,10 +476,26 @@ class Checkpointing(Callback):
 
     Each checkpoint holds the train state, the data iterator's position and every callback's
     ``state_dict`` (through ``loop.loop_state()``), so a resumed run continues bit for bit.
+    ``guard`` is asked first, so a step past the divergence limit is never saved.
+    ``save_initial`` saves the starting state of a run without checkpoints (what a rollback
+    returns to when the run diverges before its first save).
     """
 
-    def __init__(self, checkpointer: Any, *, every_steps: int | None, stopper: EarlyStopper):
+    def __init__(
+        self,
+        checkpointer: Any,
+        *,
+        every_steps: int | None,
+        stopper: EarlyStopper,
+        guard: DivergenceGuard | None = None,
+        save_initial: bool = False,
+    ):
         self.checkpointer, self.every_steps, self.stopper = checkpointer, every_steps, stopper
+        self.guard, self.save_initial = guard, save_initial
+
+    def on_train_start(self, loop) -> None:
+        if self.save_initial and self.checkpointer.latest_step() is None:
+            self._write(loop, loop.step)
 
     def on_step_end(self, loop, step, metrics) -> None:
         evaluated = loop.last_evaluation is not None and loop.last_evaluation[0] == step
@@ -378,8 +508,10 @@ class Checkpointing(Callback):
         self.checkpointer.wait()
 
     def _save(self, loop, step: int) -> None:
+        if self.guard is not None:
+            self.guard.check(loop)
         if loop.diverged is not None:
-            return  # a non-finite state is never saved: the last finite checkpoint stays latest
+            return  # never saved past the divergence: the last finite checkpoint stays latest
         self._write(loop, step)
 
     def _write(self, loop, step: int) -> None:

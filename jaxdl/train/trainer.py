@@ -6,6 +6,7 @@ Side effects (I/O, logging, checkpoints) live here and in the callbacks; the ste
 from __future__ import annotations
 
 import datetime
+import filecmp
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from jaxdl.checkpoint import Checkpointer, abstract_like, tree_shapes
 from jaxdl.config import MISSING, config_diff, save_config
 from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader
+from jaxdl.data.record_errors import ERROR_REPORT, guard_splits, read_error_report
 from jaxdl.data.records import RecordSource
 from jaxdl.errors import (
     DivergedError,
@@ -44,7 +46,7 @@ from jaxdl.train.callbacks import (
 )
 from jaxdl.train.fingerprint import fingerprint_digest
 from jaxdl.train.interrupts import InterruptHandler
-from jaxdl.train.loop import TrainLoop
+from jaxdl.train.loop import NonfinitePolicy, TrainLoop
 from jaxdl.train.state import TrainState, count_params
 from jaxdl.train.warm_start import warm_start
 from jaxdl.train.workdir_lock import WorkdirLock
@@ -87,6 +89,7 @@ class Trainer:
         self.workdir = os.path.abspath(workdir)
         self.quiet = quiet or not is_main_process()
         self.allow_config_change = allow_config_change
+        self.nonfinite = NonfinitePolicy.from_config(self.config.train)
         os.makedirs(self.workdir, exist_ok=True)
         # Taken before the checkpoint managers exist: opening them cleans up interrupted saves,
         # which must never touch the in-flight saves of another live run.
@@ -101,13 +104,19 @@ class Trainer:
         )
         monitor, mode = self.task.default_monitor
         es = self.config.get("early_stopping", {})
-        self.early_stopping = EarlyStopping(
-            monitor=es.get("monitor") or monitor,
-            mode=es.get("mode") or mode,
-            patience=es.get("patience", None),
-            min_delta=float(es.get("min_delta", 0.0)),
+        self.early_stopping = EarlyStopping.from_config(
+            es, monitor=monitor, mode=mode, steps_per_epoch=experiment.steps_per_epoch
         )
         self.restore_best = bool(es.get("restore_best", True))
+        self._data_iterator = None
+        data_config = self.config.data
+        self.error_report = os.path.join(self.workdir, ERROR_REPORT)
+        self.splits = guard_splits(
+            experiment.data,
+            on_error=data_config.get("on_error", "raise"),
+            max_error_fraction=float(data_config.get("max_error_fraction", 0.01)),
+            report_path=self.error_report,
+        )
         self.state: TrainState = experiment.initialize(jax.random.PRNGKey(experiment.seed))
         self.train_step = experiment.train_step
         self.eval_step = experiment.eval_step
@@ -215,6 +224,11 @@ class Trainer:
         stopper = EarlyStopper(self.early_stopping, self._print)
         checkpoint_every = cfg.get("checkpoint", {}).get("every_steps")
         log_every = int(log_cfg.get("every_steps", 10))
+        guard = DivergenceGuard(
+            check_every=(log_every, eval_every, checkpoint_every),
+            limit=self.nonfinite.consecutive_limit,
+            print_line=self._print,
+        )
         callbacks = [
             TrainLogger(
                 writer,
@@ -225,17 +239,23 @@ class Trainer:
                 period_steps=eval_every,
                 quiet=self.quiet,
             ),
-            DivergenceGuard(check_every=(log_every, eval_every, checkpoint_every)),
+            guard,
             InterruptCallback(interrupts),
             Evaluator(
-                lambda state: self.evaluate(exp.data.val, state),
+                lambda state: self.evaluate(self.splits.val, state),
                 writer,
                 every_steps=eval_every,
                 schedule=exp.schedule,
                 print_line=self._print,
             ),
             stopper,
-            Checkpointing(self.checkpointer, every_steps=checkpoint_every, stopper=stopper),
+            Checkpointing(
+                self.checkpointer,
+                every_steps=checkpoint_every,
+                stopper=stopper,
+                guard=guard,
+                save_initial=self.nonfinite.mode == "rollback",
+            ),
         ]
         profile = log_cfg.get("profile_steps")
         if profile:
@@ -261,6 +281,8 @@ class Trainer:
                 self.checkpointer.close()  # lets Orbax's background writers finish
                 raise
             finally:
+                if self._data_iterator is not None:
+                    self._data_iterator.close()  # stops grain's worker processes cleanly
                 self.release()
 
     def release(self) -> None:
@@ -273,7 +295,7 @@ class Trainer:
         resume_step = self.check_resume()
         fingerprint = exp.fingerprint()
         if is_main_process():
-            save_config(cfg, os.path.join(self.workdir, "config.json"))
+            _save_config_keeping_history(cfg, self.workdir, resume_step)
             with open(os.path.join(self.workdir, "fingerprint.json"), "w") as handle:
                 json.dump(
                     {"digest": fingerprint_digest(fingerprint), "fields": fingerprint},
@@ -281,7 +303,7 @@ class Trainer:
                     indent=2,
                 )
         loader = make_train_loader(
-            exp.data.train,
+            self.splits.train,
             batch_size=exp.per_process_batch_size,
             seed=exp.seed,
             spec=self.task.batch_spec(),
@@ -289,7 +311,7 @@ class Trainer:
             shard_count=jax.process_count(),
             worker_count=int(cfg.data.get("worker_count", 0)),
         )
-        iterator = iter(loader)
+        iterator = self._data_iterator = iter(loader)
         loop_state: dict = {}
         if resume_step is not None:
             self.state, loop_state = self.checkpointer.restore_latest(
@@ -326,16 +348,29 @@ class Trainer:
             f"{exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps"
         )
         self.state = loop.run()
+        while (
+            loop.diverged is not None
+            and loop.interrupted is None
+            and self.nonfinite.mode == "rollback"
+            and loop.rollbacks < self.nonfinite.max_rollbacks
+        ):
+            loop, callbacks, writer = self._roll_back(loop, writer, interrupts)
+            self.state = loop.run()
         if loop.diverged is not None or loop.interrupted is not None:
             writer.close()
             self.checkpointer.close()
             latest = self.checkpointer.latest_step()
             if loop.diverged is not None:
                 kept = f"step {latest}" if latest is not None else "none"
+                gave_up = (
+                    f" after {loop.rollbacks} rollback(s) (learning rate x{loop.lr_scale:g})"
+                    if self.nonfinite.mode == "rollback"
+                    else ""
+                )
                 raise DivergedError(
-                    f"loss or gradients became non-finite at step {loop.diverged}; the last finite "
-                    f"checkpoint ({kept}) is kept in {self.workdir}; lower "
-                    "optimizer.learning_rate or set optimizer.clip_global_norm"
+                    f"{loop.stop_reason}{gave_up}; the last finite checkpoint ({kept}) is kept in "
+                    f"{self.workdir}; lower optimizer.learning_rate or set "
+                    "optimizer.clip_global_norm"
                 )
             raise InterruptedRun(
                 f"{loop.interrupted}: saved step {latest} in {self.workdir}; run the same command "
@@ -345,7 +380,7 @@ class Trainer:
         if self.restore_best and self.checkpointer.best_step() is not None:
             final_state, _ = self.checkpointer.restore_best(abstract_like(self.state))
         evaluator = next(cb for cb in callbacks if isinstance(cb, Evaluator))
-        val = self.evaluate(exp.data.val, final_state)
+        val = self.evaluate(self.splits.val, final_state)
         results = {
             "split": "test",
             "step": int(final_state.step),
@@ -353,16 +388,44 @@ class Trainer:
             f"best_{self.early_stopping.monitor}": self.early_stopping.best,
             "stopped_early": loop.stop_reason is not None,
             "train_seconds": loop.elapsed(),
-            **self.evaluate(exp.data.test, final_state),
+            **self.evaluate(self.splits.test, final_state),
             "val": scalar_metrics(val),
             **{f"val_{k}": v for k, v in scalar_metrics(val).items()},
         }
+        skipped = read_error_report(self.error_report)
+        if skipped:
+            results["skipped_records"] = skipped
         if is_main_process():
             self._write_outputs(results, evaluator.history, "test")
             self._print_summary(results)
         writer.close()
         self.checkpointer.close()
         return results
+
+    def _roll_back(
+        self, loop: TrainLoop, writer: Any, interrupts: InterruptHandler
+    ) -> tuple[TrainLoop, list, Any]:
+        """After a divergence: the last finite checkpoint restored (data iterator rewound, log
+        cut back to its step) with the learning rate times ``train.rollback_lr_factor``; returns
+        the loop that continues from it, with fresh callbacks and writer."""
+        writer.close()
+        state, loop_state = self.checkpointer.restore_latest(
+            abstract_like(loop.state), loop.iterator
+        )
+        step = int(state.step)
+        if is_main_process():
+            _truncate_log(os.path.join(self.workdir, "metrics.jsonl"), step)
+        writer = self._writers()
+        callbacks = self._callbacks(writer, interrupts)
+        restarted = loop.restarted(state, callbacks, loop_state)
+        restarted.lr_scale = loop.lr_scale * self.nonfinite.rollback_lr_factor
+        restarted.rollbacks = loop.rollbacks + 1
+        self._print(
+            f"{loop.stop_reason}: rolled back to step {step} with the learning rate "
+            f"x{restarted.lr_scale:g} (rollback {restarted.rollbacks} of "
+            f"{self.nonfinite.max_rollbacks})"
+        )
+        return restarted, callbacks, writer
 
     def evaluate_checkpoint(self, split: str = "test") -> dict:
         """Restores the best (else latest) checkpoint; evaluates ``split``; rewrites results."""
@@ -380,7 +443,7 @@ class Trainer:
         else:
             raise UserError(f"no checkpoint in {self.workdir}")
         results = {"split": split, "step": int(state.step)}
-        results |= self.evaluate(self.exp.data.get(split), state)
+        results |= self.evaluate(self.splits.get(split), state)
         if is_main_process():
             history = _eval_history(os.path.join(self.workdir, "metrics.jsonl"))
             self._write_outputs(results, history, split)
@@ -405,6 +468,9 @@ class Trainer:
     def _print_summary(self, results: dict) -> None:
         rows = [("split", str(results["split"])), ("step", str(results["step"]))]
         rows += self.task.summary_rows(results)
+        if results.get("skipped_records"):
+            counts = ", ".join(f"{k} {v}" for k, v in results["skipped_records"].items())
+            rows.append(("skipped records", f"{counts} (see {ERROR_REPORT})"))
         if "train_seconds" in results:
             rows.append(("train time", f"{results['train_seconds']:.1f} s"))
             rows.append(("best step", str(results["best_step"])))
@@ -434,6 +500,26 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _save_config_keeping_history(
+    config: ml_collections.ConfigDict, workdir: str, resumed_step: int | None
+) -> None:
+    """Writes ``config.json`` atomically. On a resume with another config, the previous one is
+    first kept as ``config.<step>.json`` (the step it trained to), so every config a checkpoint
+    was trained with stays on disk."""
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    save_config(config, tmp)
+    previous = os.path.join(workdir, f"config.{resumed_step}.json")
+    if (
+        resumed_step is not None
+        and os.path.isfile(path)
+        and not os.path.exists(previous)
+        and not filecmp.cmp(path, tmp, shallow=False)
+    ):
+        os.replace(path, previous)
+    os.replace(tmp, path)
 
 
 def _truncate_log(metrics_path: str, step: int) -> None:
