@@ -1,26 +1,186 @@
-"""2-D convolution with logically named parameters."""
+"""Convolutions with logically named parameters that route around XLA:CPU's slow paths.
 
+``Conv`` (2-D) and ``DepthwiseConv1D`` compute exactly what ``lax.conv_general_dilated`` computes,
+but on CPU they pick, per static shape and at trace time, a formulation XLA:CPU runs fast
+(``benchmarks/xla_cpu_slow_paths.py`` measures each choice). On GPU/TPU they always emit the plain
+convolution. Set ``JAXDL_CONV_IMPL=plain`` (read at trace time), a layer's ``impl='plain'`` or a
+model's ``conv_impl='plain'`` (``config.model.conv_impl``) to force the plain op everywhere.
+"""
+
+import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+from jax import lax
 
 CONV_KERNEL_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
 CONV_BIAS_AXES = ("conv_out",)
+# Depthwise 1-D kernel [K, 1, C] as ``nn.Conv(C, (K,), feature_group_count=C)`` stores it.
+DEPTHWISE_1D_KERNEL_AXES = ("conv_width", "conv_in", "conv_out")
+SEQUENCE_ACTIVATION_AXES = ("batch", "length", "embed")
 
 # He/Kaiming normal with fan_out, as torchvision's ResNet/VGG use for conv kernels.
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 Padding = str | int | Sequence[int | tuple[int, int]]
 
+IMPL_ENV_VAR = "JAXDL_CONV_IMPL"
+IMPLS = ("auto", "plain")
+
+
+def _tuple(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
+    """``value`` as an ``n``-tuple of ints (an int is repeated)."""
+    out = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(out) != n:
+        raise ValueError(f"{what} must have {n} entries, got {value!r}")
+    return out
+
+
+def use_fast_paths(impl: str = "auto") -> bool:
+    """Whether to use the hand-written CPU formulations: ``impl='auto'``, ``$JAXDL_CONV_IMPL``
+    unset or 'auto', and the computation targets CPU.
+
+    The target is the platform of the mesh being traced under (``jax.set_mesh``; so an AOT
+    compile for a TPU mesh on a CPU host gets the plain ops), else ``jax.default_backend()``.
+    """
+    env = os.environ.get(IMPL_ENV_VAR, "auto") or "auto"
+    for source, value in (("impl", impl), (f"${IMPL_ENV_VAR}", env)):
+        if value not in IMPLS:
+            raise ValueError(f"{source} must be one of {IMPLS}, got {value!r}")
+    if impl == "plain" or env == "plain":
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    platform = device.platform if device is not None else jax.default_backend()
+    return platform == "cpu"
+
+
+def resolve_padding(
+    padding: Padding, in_sizes: Sequence[int], window: Sequence[int], strides: Sequence[int]
+) -> list[tuple[int, int]]:
+    """Explicit (low, high) pads per spatial dim for 'SAME'/'VALID'/'SAME_LOWER', an int, or a
+    sequence of ints or pairs (the forms ``nn.Conv`` accepts; ``window`` is the dilated kernel)."""
+    if isinstance(padding, str):
+        return list(lax.padtype_to_pads(in_sizes, window, strides, padding.upper()))
+    if isinstance(padding, int):
+        return [(padding, padding)] * len(in_sizes)
+    pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    if len(pads) != len(in_sizes) or any(len(p) != 2 for p in pads):
+        raise ValueError(f"padding must give one int or (low, high) pair per dim, got {padding!r}")
+    return pads
+
+
+def _out_size(size: int, pad: tuple[int, int], window: int, stride: int) -> int:
+    return (size + pad[0] + pad[1] - window) // stride + 1
+
+
+def _tap_reads_input(start: int, out: int, stride: int, pad_low: int, size: int) -> bool:
+    """Whether rows ``start, start + stride, ...`` (``out`` of them) of the padded input hit a
+    real (non-padding) row."""
+    return any(0 <= start + i * stride - pad_low < size for i in range(out))
+
+
+def conv_prefers_taps(
+    in_sizes: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int]
+) -> bool:
+    """CPU policy: use ``conv_as_taps`` when the (dilated) kernel is larger than the input in
+    some spatial dim (e.g. a 3x3 conv on ResNet-18's 2x2 stage 4 at 64x64 input).
+
+    XLA:CPU takes 20-100x longer than the equivalent matmul on such shapes (forward and input
+    gradient); from 4x4 up the plain conv is faster than any im2col (see the benchmark).
+    """
+    return any(
+        k > 1 and (k - 1) * d + 1 > n
+        for n, k, d in zip(in_sizes, kernel_size, dilation, strict=True)
+    )
+
+
+def conv_as_taps(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    feature_group_count: int = 1,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` (NHWC, HWIO) as strided slices + one matmul (im2col).
+
+    Kernel taps that read only padding are dropped statically, so a 3x3 conv on a 1x1 map is
+    one matmul. The gradient is slices/pads plus matmuls, all fast on XLA:CPU.
+    """
+    batch, *in_sizes, channels = x.shape
+    *kernel_size, group_in, features = kernel.shape
+    groups = feature_group_count
+    outs = [
+        _out_size(n, p, (k - 1) * d + 1, s)
+        for n, p, k, d, s in zip(in_sizes, padding, kernel_size, dilation, strides, strict=True)
+    ]
+    padded = lax.pad(
+        x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)]
+    )
+    taps, kept = [], []
+    for index, tap in enumerate(itertools.product(*(range(k) for k in kernel_size))):
+        starts = [t * d for t, d in zip(tap, dilation, strict=True)]
+        if not all(
+            _tap_reads_input(st, o, s, p[0], n)
+            for st, o, s, p, n in zip(starts, outs, strides, padding, in_sizes, strict=True)
+        ):
+            continue
+        limits = [st + (o - 1) * s + 1 for st, o, s in zip(starts, outs, strides, strict=True)]
+        taps.append(
+            lax.slice(padded, (0, *starts, 0), (batch, *limits, channels), (1, *strides, 1))
+        )
+        kept.append(index)
+    if not taps:  # every tap reads only padding
+        return jnp.zeros((batch, *outs, features), jnp.result_type(x, kernel))
+    patches = jnp.stack(taps, axis=-2).reshape(batch, *outs, len(taps), groups, group_in)
+    weights = kernel.reshape(-1, group_in, groups, features // groups)
+    if len(kept) < weights.shape[0]:
+        weights = jnp.stack([weights[i] for i in kept])
+    y = jnp.einsum("...tgc,tcgo->...go", patches, weights)
+    return y.reshape(batch, *outs, features)
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Padding,
+    dilation: Sequence[int] = (1, 1),
+    feature_group_count: int = 1,
+    impl: str = "auto",
+) -> jax.Array:
+    """2-D convolution, NHWC input and HWIO kernel: ``lax.conv_general_dilated`` (``impl='plain'``,
+    or off CPU) or, on CPU for shapes XLA:CPU handles slowly, the equal ``conv_as_taps``."""
+    in_sizes = x.shape[1:3]
+    kernel_size = kernel.shape[:2]
+    window = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
+    pads = resolve_padding(padding, in_sizes, window, strides)
+    if use_fast_paths(impl) and conv_prefers_taps(in_sizes, kernel_size, dilation):
+        return conv_as_taps(x, kernel, strides, pads, dilation, feature_group_count)
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding=pads,
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=feature_group_count,
+    )
+
 
 class Conv(nn.Module):
-    """``nn.Conv`` over NHWC inputs whose kernel/bias carry logical axis names.
+    """2-D convolution over NHWC inputs whose kernel/bias carry logical axis names.
 
-    Kernel: [kh, kw, in, out] named ('conv_height','conv_width','conv_in','conv_out');
-    bias: [out] named ('conv_out',). The parameter tree is the same as a bare ``nn.Conv``
-    (``kernel``/``bias`` directly under this module's name), so checkpoints stay portable.
+    Kernel: [kh, kw, in / feature_group_count, out] named
+    ('conv_height','conv_width','conv_in','conv_out'); bias: [out] named ('conv_out',). The
+    parameter tree is a bare ``nn.Conv``'s (``kernel``/``bias`` directly under this module's
+    name) and the result equals it; on CPU the formulation is chosen per shape (``conv2d``).
+    ``padding``: 'SAME', 'VALID', 'CIRCULAR', an int or per-dim ints/pairs.
 
     Input [batch, H, W, C_in] -> output [batch, H', W', features].
     """
@@ -29,17 +189,20 @@ class Conv(nn.Module):
     kernel_size: int | Sequence[int] = (3, 3)
     strides: int | Sequence[int] = 1
     padding: Padding = "SAME"
+    kernel_dilation: int | Sequence[int] = 1
+    feature_group_count: int = 1
     use_bias: bool = True
     dtype: Any = None
-    param_dtype: Any = jax.numpy.float32
+    param_dtype: Any = jnp.float32
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Convolve ``x`` [batch, H, W, C_in] into [batch, H', W', features]."""
         kernel_size = (
-            (self.kernel_size, self.kernel_size)
+            (self.kernel_size,) * 2
             if isinstance(self.kernel_size, int)
             else tuple(self.kernel_size)
         )
@@ -47,17 +210,132 @@ class Conv(nn.Module):
             raise ValueError(f"Conv supports 2-D kernels only, got kernel_size={self.kernel_size}")
         if x.ndim != 4:
             raise ValueError(f"Conv expects [batch, H, W, C] input, got shape {x.shape}")
-        conv = nn.Conv(
-            features=self.features,
-            kernel_size=kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, CONV_KERNEL_AXES),
-            bias_init=nn.with_logical_partitioning(self.bias_init, CONV_BIAS_AXES),
+        groups = self.feature_group_count
+        if x.shape[-1] % groups or self.features % groups:
+            raise ValueError(
+                f"Conv feature_group_count={groups} must divide the input ({x.shape[-1]}) and "
+                f"output ({self.features}) channels"
+            )
+        strides = _tuple(self.strides, 2, "Conv strides")
+        dilation = _tuple(self.kernel_dilation, 2, "Conv kernel_dilation")
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, CONV_KERNEL_AXES),
+            (*kernel_size, x.shape[-1] // groups, self.features),
+            self.param_dtype,
         )
-        # Reuse this module's scope so params are `<name>/kernel`, not `<name>/Conv_0/kernel`.
-        nn.share_scope(self, conv)
-        return conv(x)
+        bias = None
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(self.bias_init, CONV_BIAS_AXES),
+                (self.features,),
+                self.param_dtype,
+            )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        padding = self.padding
+        if isinstance(padding, str) and padding.upper() == "CIRCULAR":
+            # As nn.Conv: wrap-pad by the dilated kernel, then convolve without padding.
+            window = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
+            wrap = [(0, 0), *(((w - 1) // 2, w // 2) for w in window), (0, 0)]
+            x, padding = jnp.pad(x, wrap, mode="wrap"), "VALID"
+        y = conv2d(x, kernel, strides, padding, dilation, groups, self.impl)
+        return y if bias is None else y + bias
+
+
+def depthwise_conv1d(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int,
+    padding: tuple[int, int],
+    dilation: int = 1,
+    impl: str = "auto",
+) -> jax.Array:
+    """Depthwise 1-D convolution: ``x`` [batch, T, C], ``kernel`` [K, 1, C] -> [batch, T', C].
+
+    Equals ``lax.conv_general_dilated`` with ``feature_group_count=C``. On CPU it is a sum of K
+    shifted multiplies: XLA:CPU's grouped convolution is ~20x slower than that (forward and
+    gradients; Conformer's K=31, C=144).
+    """
+    if not use_fast_paths(impl):
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(stride,),
+            padding=[padding],
+            rhs_dilation=(dilation,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=x.shape[-1],
+        )
+    batch, length, channels = x.shape
+    size = kernel.shape[0]
+    out = _out_size(length, padding, (size - 1) * dilation + 1, stride)
+    padded = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*padding, 0), (0, 0, 0)])
+    y = None
+    for k in range(size):
+        start = k * dilation
+        if not _tap_reads_input(start, out, stride, padding[0], length):
+            continue
+        tap = lax.slice(
+            padded, (0, start, 0), (batch, start + (out - 1) * stride + 1, channels), (1, stride, 1)
+        )
+        y = tap * kernel[k, 0] if y is None else y + tap * kernel[k, 0]
+    return jnp.zeros((batch, out, channels), jnp.result_type(x, kernel)) if y is None else y
+
+
+class DepthwiseConv1D(nn.Module):
+    """Depthwise (one filter per channel) 1-D convolution over [batch, T, C], e.g. Conformer's
+    convolution module.
+
+    Parameters are ``nn.Conv(C, (kernel_size,), feature_group_count=C)``'s: kernel [K, 1, C]
+    named ('conv_width','conv_in','conv_out'), bias [C] named ('conv_out',); torch's
+    ``Conv1d(C, C, K, groups=C).weight`` [C, 1, K] is this kernel transposed (2, 1, 0).
+    ``padding``: 'SAME', 'VALID', 'CAUSAL' (left-pad only), an int or a (low, high) pair.
+    On CPU it is computed as K shifted multiplies (``depthwise_conv1d``).
+    """
+
+    kernel_size: int
+    strides: int = 1
+    padding: str | int | tuple[int, int] = "SAME"
+    kernel_dilation: int = 1
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Filter each channel of ``x`` [batch, T, C] along T; returns [batch, T', C]."""
+        if x.ndim != 3:
+            raise ValueError(f"DepthwiseConv1D expects [batch, T, C] input, got shape {x.shape}")
+        channels = x.shape[-1]
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, DEPTHWISE_1D_KERNEL_AXES),
+            (self.kernel_size, 1, channels),
+            self.param_dtype,
+        )
+        bias = None
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(self.bias_init, CONV_BIAS_AXES),
+                (channels,),
+                self.param_dtype,
+            )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        window = (self.kernel_size - 1) * self.kernel_dilation + 1
+        if isinstance(self.padding, str) and self.padding.upper() == "CAUSAL":
+            padding = (window - 1, 0)
+        else:
+            (padding,) = resolve_padding(
+                [self.padding] if not isinstance(self.padding, str) else self.padding,
+                (x.shape[1],),
+                (window,),
+                (self.strides,),
+            )
+        y = depthwise_conv1d(x, kernel, self.strides, padding, self.kernel_dilation, self.impl)
+        y = y if bias is None else y + bias
+        return nn.with_logical_constraint(y, SEQUENCE_ACTIVATION_AXES)

@@ -248,7 +248,7 @@ class TrainLogger(Callback):
             "epoch": loop.epoch_at(step),
             "split": "train",
             **means,
-            "learning_rate": float(self.schedule(step - 1)),
+            "learning_rate": float(self.schedule(step - 1)) * loop.lr_scale,  # after rollbacks
         }
         postfix = {"loss": f"{means['loss']:.4f}"}
         if self._timed_steps:
@@ -313,7 +313,7 @@ class Evaluator(Callback):
             "epoch": loop.epoch_at(step),
             **train,
             **{f"{self.split}_{k}": v for k, v in scalars.items()},
-            "learning_rate": float(self.schedule(step - 1)),
+            "learning_rate": float(self.schedule(step - 1)) * loop.lr_scale,  # after rollbacks
             "period_seconds": seconds,
         }
         self.history.append(record)
@@ -400,7 +400,9 @@ class DivergenceGuard(Callback):
     """Watches the train step's ``nonfinite`` flag (loss or gradients not finite) on device and
     stops the loop once ``limit`` steps in a row were non-finite (1: at the first one).
 
-    The train step never applies a non-finite update, so the state stays finite; the counters
+    Under ``skip``/``rollback`` the train step drops non-finite updates, so the state stays
+    finite; under ``stop`` nothing is saved once the limit is hit (``Checkpointing`` checks
+    first), so no non-finite state reaches a checkpoint. The counters
     (steps in a row, total skipped, the step the limit was hit) live on device and are read on
     the host only at steps where something would be written: log windows, evaluations,
     checkpoints and the last step. ``loop.diverged`` then holds the step that hit the limit. The

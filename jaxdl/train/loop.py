@@ -21,7 +21,7 @@ class NonfinitePolicy:
     """What a non-finite loss or gradient does (``train.on_nonfinite`` and its limits).
 
     ``stop``: stop at once, keeping the last finite checkpoint. ``skip``: the step's update is
-    dropped (the train step always does that on device); stop after ``max_skips`` such steps in
+    dropped on device (``make_train_step(skip_nonfinite=True)``); stop after ``max_skips`` in
     a row. ``rollback``: restore the last finite checkpoint, multiply the learning rate by
     ``rollback_lr_factor`` and go on; stop after ``max_rollbacks`` rollbacks.
     """

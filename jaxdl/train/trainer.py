@@ -392,6 +392,8 @@ class Trainer:
             "val": scalar_metrics(val),
             **{f"val_{k}": v for k, v in scalar_metrics(val).items()},
         }
+        if loop.rollbacks:
+            results |= {"rollbacks": loop.rollbacks, "lr_scale": loop.lr_scale}
         skipped = read_error_report(self.error_report)
         if skipped:
             results["skipped_records"] = skipped
