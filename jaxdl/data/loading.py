@@ -211,7 +211,14 @@ def _split_indices(pool: RecordSource, fractions: tuple[float, ...], seed: int):
     """Stratified index splits when the pool knows its labels, seeded random ones otherwise."""
     labels = source_labels(pool)
     if labels is not None:
-        return stratified_split(labels, fractions=fractions, seed=seed)
+        try:
+            return stratified_split(labels, fractions=fractions, seed=seed)
+        except ValueError as error:
+            counts = np.bincount(labels).tolist()
+            raise ValueError(
+                f"cannot split {len(labels)} records with class counts {counts} by "
+                f"data.split_fractions={fractions}: {error}"
+            ) from None
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or not np.isclose(sum(fractions), 1):
         raise ValueError(f"split_fractions must be 3 positive numbers summing to 1: {fractions}")
     order = np.random.default_rng(seed).permutation(len(pool))
