@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = True
+    # Decays kernels only: biases and norm scales are exempt. Add
+    # config.optimizer.decay_bias_and_norm = True to decay every parameter, as
+    # torch.optim.SGD/Adam(model.parameters(), weight_decay=...) does.
     config.optimizer.weight_decay = 5e-4
     config.optimizer.weight_decay_mode = "coupled"
     config.optimizer.clip_global_norm = config_dict.placeholder(float)

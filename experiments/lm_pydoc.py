@@ -48,6 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 3e-3
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.99
+    # Decays kernels only: biases and norm scales are exempt. Add
+    # config.optimizer.decay_bias_and_norm = True to decay every parameter, as
+    # torch.optim.SGD/Adam(model.parameters(), weight_decay=...) does.
     config.optimizer.weight_decay = 0.1
     config.optimizer.clip_global_norm = 1.0
 

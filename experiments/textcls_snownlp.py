@@ -48,6 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-3
+    # Decays kernels only: biases and norm scales are exempt. Add
+    # config.optimizer.decay_bias_and_norm = True to decay every parameter, as
+    # torch.optim.SGD/Adam(model.parameters(), weight_decay=...) does.
     config.optimizer.weight_decay = 0.01
     config.optimizer.clip_global_norm = 1.0
 
