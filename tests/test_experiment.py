@@ -180,3 +180,10 @@ def test_parallel_models_and_data_import_nothing_from_the_layers_above():
                     names = [alias.name for alias in node.names]
                 for name in names:
                     assert not name.startswith(above), f"{path} imports {name}"
+
+
+def test_initialize_takes_raw_and_typed_keys_alike():
+    experiment = build_experiment(tiny_digits_config(3))
+    raw = experiment.initialize(jax.random.PRNGKey(3))
+    typed = experiment.initialize(jax.random.key(3))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(raw), jax.device_get(typed))

@@ -87,6 +87,9 @@ def sharded_state_initializer(
     jitted = jax.jit(lambda key: nn.meta.unbox(init(key)), out_shardings=shardings)
 
     def initialize(key: jax.Array) -> TrainState:
+        """``key``: a raw uint32 [2] key (``PRNGKey``) or a typed one (``jax.random.key``)."""
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)  # the state stores raw key data
         with jax.set_mesh(mesh):
             return jitted(key)
 
