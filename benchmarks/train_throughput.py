@@ -6,12 +6,14 @@ Uses the library path the Trainer uses: ``create_sharded_train_state`` + ``make_
 first step, and the per-step time after warm-up (each step blocks on its results).
 
     python benchmarks/train_throughput.py                 # CPU: ResNet-18, B=32, 64x64, f32
-    python benchmarks/train_throughput.py --peer          # ... plus torch eager, same workload
+    python benchmarks/train_throughput.py --peer          # ... plus torch eager, 5 rounds
     python benchmarks/train_throughput.py --xla-flags=--xla_cpu_use_onednn=true
     python benchmarks/train_throughput.py --full --peer   # GPU: ResNet-50, B=256, 224x224, bf16
 
-The CPU default is the ResNet-18 case of /work/shared/peers/cpu_peers.py. ``--peer`` runs the
-torch side in a subprocess after the jax side (so the two thread pools never compete); with
+The CPU default is the ResNet-18 case of /work/shared/peers/cpu_peers.py. ``--peer`` on CPU runs
+``--rounds`` (default 5) rounds, each timing the jax step and then torch in a fresh subprocess (so
+the two thread pools never compete; torch with ``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP threads
+sleep), and reports the median per-round ratio with the load average of each round. With
 ``--full`` it runs ``shared/peers/torch_peers.py resnet`` (torchvision ResNet-50, GPU).
 """
 
@@ -71,6 +73,15 @@ TABLE_COLUMNS = (
     "cpu_ms_per_step",
     "images_per_s",
 )
+ROUND_COLUMNS = (
+    "round",
+    "load_1min",
+    "jax_step_ms",
+    "jax_cpu_ms",
+    "torch_step_ms",
+    "torch_cpu_ms",
+    "ratio",
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -89,6 +100,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--peer-compile", action="store_true", help="with --peer on CPU: also torch.compile"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved jax/torch rounds (default: 5 with --peer on CPU, else 1)",
+    )
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     preset = FULL_WORKLOAD if args.full else CPU_WORKLOAD
@@ -100,6 +117,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{field.replace('_', '-')} must be >= 1")
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first step is reported separately)")
+    if args.rounds is None:
+        args.rounds = 5 if args.peer and not args.full else 1
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     return args
 
 
@@ -145,8 +166,13 @@ def measure_steps(
 # jaxdl side
 
 
-def measure_jaxdl(workload: dict[str, Any]) -> dict[str, Any]:
-    """Compiles and times jaxdl's sharded train step on one synthetic batch (NHWC)."""
+def measure_jaxdl(
+    workload: dict[str, Any],
+) -> tuple[dict[str, Any], Callable[[], dict[str, Any]]]:
+    """Compiles and times jaxdl's sharded train step on one synthetic batch (NHWC).
+
+    Returns the first measurement and a function that times the steps again (for later rounds).
+    """
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -197,14 +223,18 @@ def measure_jaxdl(workload: dict[str, Any]) -> dict[str, Any]:
         state, metrics = step(state, synthetic)
         jax.block_until_ready((state, metrics))
 
-    return {
+    def remeasure() -> dict[str, Any]:
+        return measure_steps(run_step, workload["warmup"], workload["steps"], batch)
+
+    first = {
         "framework": f"jaxdl (jax {jax.__version__})",
         "params": count_params(state.params),
         "devices": len(devices),
         "init_s": init_seconds,
         "compile_s": compile_seconds,
-        **measure_steps(run_step, workload["warmup"], workload["steps"], batch),
+        **remeasure(),
     }
+    return first, remeasure
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,7 +333,9 @@ def run_torch_cpu_peer(args: argparse.Namespace, compiled: bool) -> dict[str, An
     ]
     if compiled:
         command.append("--peer-compile")
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    # Passive: OpenMP threads sleep between parallel regions instead of spinning on the cores.
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if completed.returncode != 0:
         tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"torch peer failed (exit {completed.returncode}): {tail}")
@@ -359,11 +391,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         sys.exit(f"{NAME}: error: {error}")
 
-    rows = [measure_jaxdl(workload)]
+    jax_row, remeasure_jax = measure_jaxdl(workload)
+    rows, rounds = [jax_row], []
     if args.peer and args.full:
         rows += run_torch_gpu_peer()
     elif args.peer:
-        rows.append(run_torch_cpu_peer(args, compiled=False))
+        # Interleaved rounds (jax, then torch in a fresh process): load on a shared machine drifts,
+        # so each round's ratio compares the two sides under about the same load.
+        for index in range(args.rounds):
+            jax_times = jax_row if index == 0 else remeasure_jax()
+            torch_row = run_torch_cpu_peer(args, compiled=False)
+            rounds.append(
+                {
+                    "round": index + 1,
+                    "load_1min": os.getloadavg()[0],
+                    "jax_step_ms": jax_times["step_ms_median"],
+                    "jax_cpu_ms": jax_times["cpu_ms_per_step"],
+                    "torch_step_ms": torch_row["step_ms_median"],
+                    "torch_cpu_ms": torch_row["cpu_ms_per_step"],
+                    "ratio": torch_row["step_ms_median"] / jax_times["step_ms_median"],
+                }
+            )
+            print(format_table(rounds[-1:], ROUND_COLUMNS).splitlines()[-1], flush=True)
+            if index == 0:
+                rows.append(torch_row)
         if args.peer_compile:
             rows.append(run_torch_cpu_peer(args, compiled=True))
     for row in rows:
@@ -376,11 +427,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows, TABLE_COLUMNS))
     for framework, speedup in speedups.items():
         print(f"jaxdl images/s / {framework} images/s = {speedup:.3f}")
+    summary = {}
+    if rounds:
+        print(format_table(rounds, ROUND_COLUMNS))
+        summary = {
+            "median_ratio": statistics.median(r["ratio"] for r in rounds),
+            "load_1min_range": [
+                min(r["load_1min"] for r in rounds),
+                max(r["load_1min"] for r in rounds),
+            ],
+        }
+        print(
+            f"median over {len(rounds)} rounds of torch eager step ms / jaxdl step ms = "
+            f"{summary['median_ratio']:.3f} (>= 1: jaxdl is at least as fast); 1-min load "
+            f"average {summary['load_1min_range'][0]:.2f}-{summary['load_1min_range'][1]:.2f}"
+        )
     report = {
         "workload": workload,
         "xla_flags_arg": args.xla_flags,
         "results": rows,
         "jaxdl_speedup_vs": speedups,
+        "rounds": rounds,
+        **summary,
     }
     path = write_report(NAME, report, args.out)
     print(f"wrote {path}")

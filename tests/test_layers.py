@@ -20,6 +20,7 @@ from jaxdl.layers import (
     Bottleneck,
     Conv,
     Dense,
+    DepthwiseConv1D,
     Identity,
     LearnedPositionEmbedding,
     SinusoidalPositionEmbedding,
@@ -75,6 +76,47 @@ def test_conv_rejects_non_2d_kernel_and_non_image_input():
         Conv(features=2, kernel_size=(3, 3, 3)).init(KEY, jnp.ones((1, 4, 4, 1)))
     with pytest.raises(ValueError, match=r"\[batch, H, W, C\]"):
         Conv(features=2).init(KEY, jnp.ones((4, 4, 1)))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_dilation": 2, "feature_group_count": 2, "padding": "SAME"},
+        {"kernel_size": (3, 2), "strides": (2, 1), "padding": "CIRCULAR"},
+        {"padding": ((2, 0), (1, 1)), "use_bias": False},
+    ],
+)
+def test_conv_has_nn_conv_params_and_results_for_its_options(kwargs):
+    # 3x3 input: smaller than the dilated kernel, so the CPU path uses its im2col formulation.
+    conv = Conv(features=4, **kwargs)
+    x = jax.random.normal(KEY, (2, 3, 3, 6))
+    variables = conv.init(KEY, x)
+    reference = nn.Conv(4, **{"kernel_size": (3, 3), **kwargs})
+    assert jax.tree.map(jnp.shape, nn.unbox(variables)) == jax.tree.map(
+        jnp.shape, reference.init(KEY, x)
+    )
+    np.testing.assert_allclose(
+        conv.apply(variables, x), reference.apply(nn.unbox(variables), x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_conv_rejects_groups_that_do_not_divide_channels():
+    with pytest.raises(ValueError, match="feature_group_count"):
+        Conv(features=4, feature_group_count=3).init(KEY, jnp.ones((1, 4, 4, 6)))
+
+
+def test_depthwise_conv1d_names_params_like_a_grouped_nn_conv():
+    layer = DepthwiseConv1D(kernel_size=5)
+    x = jax.random.normal(KEY, (2, 9, 6))
+    variables = layer.init(KEY, x)
+    assert _names(variables["params"]) == {
+        "kernel": ("conv_width", "conv_in", "conv_out"),
+        "bias": ("conv_out",),
+    }
+    assert variables["params"]["kernel"].value.shape == (5, 1, 6)
+    assert layer.apply(variables, x).shape == (2, 9, 6)
+    with pytest.raises(ValueError, match=r"\[batch, T, C\]"):
+        layer.init(KEY, jnp.ones((2, 9, 6, 1)))
 
 
 def test_dense_names_kernel_and_bias_from_kernel_axes():

@@ -6,7 +6,16 @@ takes it when building the norm). Nothing here imports from models/train/data/cl
 """
 
 from jaxdl.layers.attention import MultiHeadAttention, dropout_attention, segment_mask
-from jaxdl.layers.conv import CONV_BIAS_AXES, CONV_KERNEL_AXES, Conv, he_normal_fan_out
+from jaxdl.layers.conv import (
+    CONV_BIAS_AXES,
+    CONV_IMPLS,
+    CONV_KERNEL_AXES,
+    Conv,
+    DepthwiseConv1D,
+    conv2d,
+    depthwise_conv1d,
+    he_normal_fan_out,
+)
 from jaxdl.layers.dense import Dense, classifier_head
 from jaxdl.layers.embeddings import (
     Embed,
@@ -16,19 +25,24 @@ from jaxdl.layers.embeddings import (
 )
 from jaxdl.layers.mlp import MlpBlock
 from jaxdl.layers.normalization import NORM_KINDS, GroupNorm, Identity, make_norm
+from jaxdl.layers.pooling import max_pool
 from jaxdl.layers.resnet_blocks import BasicBlock, Bottleneck
 from jaxdl.layers.transformer import TransformerBlock, TransformerStack
 from jaxdl.layers.validation import check_image_batch
 
 __all__ = [
     "CONV_BIAS_AXES",
+    "CONV_IMPLS",
     "CONV_KERNEL_AXES",
     "NORM_KINDS",
     "BasicBlock",
     "Bottleneck",
     "Conv",
+    "DepthwiseConv1D",
     "Dense",
     "classifier_head",
+    "conv2d",
+    "depthwise_conv1d",
     "Embed",
     "GroupNorm",
     "Identity",
@@ -42,6 +56,7 @@ __all__ = [
     "dropout_attention",
     "he_normal_fan_out",
     "make_norm",
+    "max_pool",
     "segment_mask",
     "sinusoidal_positions",
 ]

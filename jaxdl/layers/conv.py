@@ -7,6 +7,7 @@ convolution. Set ``JAXDL_CONV_IMPL=plain`` (read at trace time), a layer's ``imp
 model's ``conv_impl='plain'`` (``config.model.conv_impl``) to force the plain op everywhere.
 """
 
+import functools
 import itertools
 import os
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 Padding = str | int | Sequence[int | tuple[int, int]]
 
 IMPL_ENV_VAR = "JAXDL_CONV_IMPL"
-IMPLS = ("auto", "plain")
+CONV_IMPLS = ("auto", "plain")
 
 
 def _tuple(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
@@ -49,8 +50,8 @@ def use_fast_paths(impl: str = "auto") -> bool:
     """
     env = os.environ.get(IMPL_ENV_VAR, "auto") or "auto"
     for source, value in (("impl", impl), (f"${IMPL_ENV_VAR}", env)):
-        if value not in IMPLS:
-            raise ValueError(f"{source} must be one of {IMPLS}, got {value!r}")
+        if value not in CONV_IMPLS:
+            raise ValueError(f"{source} must be one of {CONV_IMPLS}, got {value!r}")
     if impl == "plain" or env == "plain":
         return False
     mesh = jax.sharding.get_abstract_mesh()
@@ -84,19 +85,32 @@ def _tap_reads_input(start: int, out: int, stride: int, pad_low: int, size: int)
     return any(0 <= start + i * stride - pad_low < size for i in range(out))
 
 
-def conv_prefers_taps(
-    in_sizes: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int]
-) -> bool:
-    """CPU policy: use ``conv_as_taps`` when the (dilated) kernel is larger than the input in
-    some spatial dim (e.g. a 3x3 conv on ResNet-18's 2x2 stage 4 at 64x64 input).
+def conv_formulations(
+    in_sizes: Sequence[int],
+    out_sizes: Sequence[int],
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[str, str, str]:
+    """CPU policy: the formulation ('plain' or 'taps') of the forward pass, the input gradient
+    and the kernel gradient of a 2-D convolution with these static sizes.
 
-    XLA:CPU takes 20-100x longer than the equivalent matmul on such shapes (forward and input
-    gradient); from 4x4 up the plain conv is faster than any im2col (see the benchmark).
+    XLA:CPU's convolution is 20-100x slower than the equivalent im2col matmul when the (dilated)
+    kernel is larger than the feature map it slides over: the input in the forward pass (a 3x3
+    conv on ResNet-18's 2x2 stage 4 at 64x64 input) and, for the input gradient, also the output
+    (the 3x3/2 conv from 4x4 to 2x2). Elsewhere the plain conv is about as fast or faster (taps
+    for 1x1 kernels and <= 4x4 maps win alone by 10-60% but not within a ResNet-18 step), so it
+    stays. Measured by ``benchmarks/xla_cpu_slow_paths.py``.
     """
-    return any(
-        k > 1 and (k - 1) * d + 1 > n
-        for n, k, d in zip(in_sizes, kernel_size, dilation, strict=True)
-    )
+
+    def smaller_than_kernel(sizes: Sequence[int]) -> bool:
+        return any(
+            k > 1 and (k - 1) * d + 1 > n
+            for n, k, d in zip(sizes, kernel_size, dilation, strict=True)
+        )
+
+    forward = "taps" if smaller_than_kernel(in_sizes) else "plain"
+    input_grad = "taps" if forward == "taps" or smaller_than_kernel(out_sizes) else "plain"
+    return forward, input_grad, forward
 
 
 def conv_as_taps(
@@ -114,7 +128,6 @@ def conv_as_taps(
     """
     batch, *in_sizes, channels = x.shape
     *kernel_size, group_in, features = kernel.shape
-    groups = feature_group_count
     outs = [
         _out_size(n, p, (k - 1) * d + 1, s)
         for n, p, k, d, s in zip(in_sizes, padding, kernel_size, dilation, strides, strict=True)
@@ -137,12 +150,58 @@ def conv_as_taps(
         kept.append(index)
     if not taps:  # every tap reads only padding
         return jnp.zeros((batch, *outs, features), jnp.result_type(x, kernel))
-    patches = jnp.stack(taps, axis=-2).reshape(batch, *outs, len(taps), groups, group_in)
-    weights = kernel.reshape(-1, group_in, groups, features // groups)
+    patches = jnp.stack(taps, axis=-2)
+    weights = kernel.reshape(-1, group_in, features)
     if len(kept) < weights.shape[0]:
         weights = jnp.stack([weights[i] for i in kept])
-    y = jnp.einsum("...tgc,tcgo->...go", patches, weights)
+    if feature_group_count == 1:
+        # One [N*H'*W', T*C] x [T*C, O] matmul on free reshapes of patches and HWIO kernel (a
+        # grouped einsum here makes XLA copy the kernel into another layout on every call).
+        y = jnp.dot(patches.reshape(-1, len(kept) * group_in), weights.reshape(-1, features))
+    else:
+        groups = feature_group_count
+        patches = patches.reshape(*patches.shape[:-1], groups, group_in)
+        weights = weights.reshape(len(kept), group_in, groups, features // groups)
+        y = jnp.einsum("...tgc,tcgo->...go", patches, weights)
     return y.reshape(batch, *outs, features)
+
+
+def _plain_conv(x, kernel, strides, pads, dilation, feature_group_count):
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding=pads,
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=feature_group_count,
+    )
+
+
+_FORMULATIONS = {"plain": _plain_conv, "taps": conv_as_taps}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_by_direction(x, kernel, strides, pads, dilation, feature_group_count, formulations):
+    """The convolution with one formulation per direction (forward, d/dx, d/dkernel)."""
+    forward = _FORMULATIONS[formulations[0]]
+    return forward(x, kernel, strides, pads, dilation, feature_group_count)
+
+
+def _conv_by_direction_fwd(x, kernel, strides, pads, dilation, groups, formulations):
+    y = _conv_by_direction(x, kernel, strides, pads, dilation, groups, formulations)
+    return y, (x, kernel)
+
+
+def _conv_by_direction_bwd(strides, pads, dilation, groups, formulations, residuals, g):
+    x, kernel = residuals
+    _, input_grad, kernel_grad = (_FORMULATIONS[f] for f in formulations)
+    _, x_vjp = jax.vjp(lambda v: input_grad(v, kernel, strides, pads, dilation, groups), x)
+    _, kernel_vjp = jax.vjp(lambda w: kernel_grad(x, w, strides, pads, dilation, groups), kernel)
+    return x_vjp(g)[0], kernel_vjp(g)[0]
+
+
+_conv_by_direction.defvjp(_conv_by_direction_fwd, _conv_by_direction_bwd)
 
 
 def conv2d(
@@ -154,23 +213,27 @@ def conv2d(
     feature_group_count: int = 1,
     impl: str = "auto",
 ) -> jax.Array:
-    """2-D convolution, NHWC input and HWIO kernel: ``lax.conv_general_dilated`` (``impl='plain'``,
-    or off CPU) or, on CPU for shapes XLA:CPU handles slowly, the equal ``conv_as_taps``."""
+    """2-D convolution, NHWC input and HWIO kernel, equal to ``lax.conv_general_dilated``.
+
+    Off CPU, or with ``impl='plain'`` / ``$JAXDL_CONV_IMPL=plain``, it is that op. On CPU each
+    direction uses the formulation ``conv_formulations`` picks for the static shapes; when they
+    differ a ``custom_vjp`` joins them (so forward-mode autodiff is then unavailable).
+    """
+    strides, dilation = tuple(strides), tuple(dilation)
     in_sizes = x.shape[1:3]
     kernel_size = kernel.shape[:2]
     window = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
-    pads = resolve_padding(padding, in_sizes, window, strides)
-    if use_fast_paths(impl) and conv_prefers_taps(in_sizes, kernel_size, dilation):
-        return conv_as_taps(x, kernel, strides, pads, dilation, feature_group_count)
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=strides,
-        padding=pads,
-        rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=feature_group_count,
-    )
+    pads = tuple(tuple(p) for p in resolve_padding(padding, in_sizes, window, strides))
+    args = (x, kernel, strides, pads, dilation, feature_group_count)
+    if not use_fast_paths(impl):
+        return _plain_conv(*args)
+    out_sizes = [
+        _out_size(n, p, w, s) for n, p, w, s in zip(in_sizes, pads, window, strides, strict=True)
+    ]
+    formulations = conv_formulations(in_sizes, out_sizes, kernel_size, dilation)
+    if len(set(formulations)) == 1:
+        return _FORMULATIONS[formulations[0]](*args)
+    return _conv_by_direction(*args, formulations)
 
 
 class Conv(nn.Module):

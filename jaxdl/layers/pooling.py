@@ -80,8 +80,9 @@ def max_pool(
     """``nn.max_pool(x, window_shape, strides, padding)`` for ``x`` [batch, *spatial, C].
 
     Off CPU (or with ``impl='plain'`` / ``$JAXDL_CONV_IMPL=plain``) it is ``nn.max_pool``; on
-    CPU it is ``max_pool_taps``, whose gradient is ~10-30x faster there than XLA:CPU's
-    select-and-scatter. Both give the gradient of tied maxima to the first one (module doc).
+    CPU it is ``max_pool_taps``, whose gradient is ~10x faster there than XLA:CPU's
+    select-and-scatter (a ``custom_vjp``: forward-mode autodiff needs ``impl='plain'``). Both
+    give the gradient of tied maxima to the first one (module doc).
     """
     window_shape = tuple(window_shape)
     strides = tuple(strides) if strides is not None else (1,) * len(window_shape)

@@ -14,11 +14,18 @@ FEATURE_MAP_AXES = ("batch", "height", "width", "channels")
 
 
 def resnet_conv(
-    features: int, kernel: int, strides: int, dtype: Any, param_dtype: Any, name: str
+    features: int,
+    kernel: int,
+    strides: int,
+    dtype: Any,
+    param_dtype: Any,
+    name: str,
+    impl: str = "auto",
 ) -> Conv:
     """Bias-free conv with torch-style symmetric padding (k // 2), as torchvision's ResNet.
 
     Explicit padding (not 'SAME') keeps strided convs aligned with torchvision weights.
+    ``impl``: 'auto' (per-shape CPU formulations) or 'plain' (see ``jaxdl.layers.conv``).
     """
     pad = kernel // 2
     return Conv(
@@ -30,6 +37,7 @@ def resnet_conv(
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=he_normal_fan_out,
+        impl=impl,
         name=name,
     )
 
@@ -42,6 +50,7 @@ class _ResidualBlock(nn.Module):
     starts at zero with ``zero_init_residual`` so the block starts as ``relu(shortcut(x))``.
     A 1x1 conv + norm projection replaces the identity shortcut when the shape changes.
     Parameters: ``conv{i}``/``norm{i}`` per branch conv, plus ``proj_conv``/``proj_norm``.
+    ``conv_impl``: 'auto' or 'plain' convolutions (see ``jaxdl.layers.conv``).
     """
 
     features: int
@@ -50,6 +59,7 @@ class _ResidualBlock(nn.Module):
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     expansion: ClassVar[int] = 1
 
@@ -77,7 +87,9 @@ class _ResidualBlock(nn.Module):
         for i, (kernel, strides) in enumerate(convs, start=1):
             is_last = i == len(convs)
             features = out_features if is_last else self.features
-            y = resnet_conv(features, kernel, strides, self.dtype, self.param_dtype, f"conv{i}")(y)
+            y = resnet_conv(
+                features, kernel, strides, self.dtype, self.param_dtype, f"conv{i}", self.conv_impl
+            )(y)
             zero_scale = is_last and self.zero_init_residual
             scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
             y = norm(scale_init=scale_init, name=f"norm{i}")(y)
@@ -87,7 +99,13 @@ class _ResidualBlock(nn.Module):
         shortcut = x
         if self.strides != 1 or x.shape[-1] != out_features:
             shortcut = resnet_conv(
-                out_features, 1, self.strides, self.dtype, self.param_dtype, "proj_conv"
+                out_features,
+                1,
+                self.strides,
+                self.dtype,
+                self.param_dtype,
+                "proj_conv",
+                self.conv_impl,
             )(x)
             shortcut = norm(name="proj_norm")(shortcut)
         return nn.with_logical_constraint(nn.relu(y + shortcut), FEATURE_MAP_AXES)

@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import (
+    CONV_IMPLS,
     Conv,
     Dense,
     check_image_batch,
     classifier_head,
     he_normal_fan_out,
     make_norm,
+    max_pool,
 )
 from jaxdl.models.registry import register_model
 
@@ -41,7 +43,8 @@ class LeNet5(nn.Module):
     Pools are 2x2 average pools (the original subsampling). ``padding='VALID'`` is the classic
     1998 network (32x32 input -> 400 features, 61,706 params for 10 classes); the default
     ``'SAME'`` keeps conv sizes so small inputs such as 8x8 digits work. The flattened size
-    depends on the input size, so the fc1 params are tied to it.
+    depends on the input size, so the fc1 params are tied to it. ``conv_impl``: 'auto' or
+    'plain' convolutions (see ``jaxdl.layers.conv``).
     [batch, H, W, C] float -> float32 logits [batch, num_classes].
     """
 
@@ -50,6 +53,7 @@ class LeNet5(nn.Module):
     padding: str = "SAME"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -63,6 +67,10 @@ class LeNet5(nn.Module):
             )
         if self.num_classes < 1:
             raise ValueError(f"LeNet5 num_classes must be >= 1, got {self.num_classes}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(
+                f"LeNet5 conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}"
+            )
         super().__post_init__()
 
     @nn.compact
@@ -85,6 +93,7 @@ class LeNet5(nn.Module):
                 padding=self.padding,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                impl=self.conv_impl,
                 name=f"conv{i}",
             )(x)
             x = nn.avg_pool(act(x), (2, 2), strides=(2, 2))
@@ -106,7 +115,9 @@ class VGG(nn.Module):
     space, so any input size works and the classifier is small: GAP -> fc ``hidden`` ->
     fc ``hidden`` -> classes, with ReLU + dropout after each hidden fc. Max-pools use 'SAME'
     padding so feature maps never shrink below 1x1 on tiny inputs. ``width_multiplier``
-    scales every conv width. [batch, H, W, C] float -> float32 logits [batch, num_classes].
+    scales every conv width. ``conv_impl``: 'auto' routes convs and max-pools around XLA:CPU's
+    slow paths, 'plain' forces the plain ops (see ``jaxdl.layers.conv``).
+    [batch, H, W, C] float -> float32 logits [batch, num_classes].
     """
 
     depth: int
@@ -117,6 +128,7 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -130,6 +142,8 @@ class VGG(nn.Module):
             raise ValueError(f"VGG hidden must be >= 1, got {self.hidden}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"VGG dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"VGG conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         super().__post_init__()
 
     @nn.compact
@@ -141,7 +155,7 @@ class VGG(nn.Module):
         conv_index = 0
         for item in VGG_CONFIGS[self.depth]:
             if item == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+                x = max_pool(x, (2, 2), (2, 2), "SAME", impl=self.conv_impl)
                 continue
             conv_index += 1
             x = Conv(
@@ -151,6 +165,7 @@ class VGG(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 kernel_init=he_normal_fan_out,
+                impl=self.conv_impl,
                 name=f"conv{conv_index}",
             )(x)
             x = make_norm(

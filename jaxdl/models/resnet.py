@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.layers import check_image_batch, classifier_head, make_norm
+from jaxdl.layers import CONV_IMPLS, check_image_batch, classifier_head, make_norm, max_pool
 from jaxdl.layers.remat import REMAT_POLICIES, remat_call
 from jaxdl.layers.resnet_blocks import FEATURE_MAP_AXES, BasicBlock, Bottleneck, resnet_conv
 from jaxdl.models.registry import register_model
@@ -38,6 +38,8 @@ class ResNet(nn.Module):
     'auto' = the layout's own stem. ``zero_init_residual`` zero-initialises the last norm
     scale of every residual branch (a no-op with ``norm='none'``). ``dtype`` is the compute
     dtype (e.g. bf16); parameters use ``param_dtype``; logits are always float32.
+    ``conv_impl``: 'auto' routes convolutions and max-pooling around XLA:CPU's slow paths (same
+    results and parameters), 'plain' forces ``lax.conv_general_dilated``/``nn.max_pool``.
     """
 
     depth: int
@@ -50,6 +52,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat_policy: str = "none"
+    conv_impl: str = "auto"
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -66,6 +69,10 @@ class ResNet(nn.Module):
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"ResNet dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(
+                f"ResNet conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}"
+            )
         super().__post_init__()
 
     @nn.compact
@@ -78,7 +85,9 @@ class ResNet(nn.Module):
 
         x = x.astype(self.dtype)
         kernel, strides = (7, 2) if stem == "imagenet" else (3, 1)
-        x = resnet_conv(width, kernel, strides, self.dtype, self.param_dtype, "stem_conv")(x)
+        x = resnet_conv(
+            width, kernel, strides, self.dtype, self.param_dtype, "stem_conv", self.conv_impl
+        )(x)
         x = make_norm(
             self.norm,
             axis_name="conv_out",
@@ -89,7 +98,7 @@ class ResNet(nn.Module):
         )(x)
         x = nn.relu(x)
         if stem == "imagenet":
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.conv_impl)
         x = nn.with_logical_constraint(x, FEATURE_MAP_AXES)
 
         for stage, num_blocks in enumerate(stage_sizes):
@@ -101,6 +110,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
+                    conv_impl=self.conv_impl,
                     name=f"stage{stage + 1}_block{index + 1}",
                 )
                 if self.remat_policy == "none":
