@@ -66,8 +66,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.schedule.name = "cosine"
     config.schedule.warmup_epochs = 2.0
     config.schedule.min_value = 0.0
-    # Add config.schedule.staircase = True to change the rate once per epoch only, as a torch
-    # scheduler stepped per epoch (e.g. ExponentialLR) does.
+    # True: the rate changes once per epoch only, as a torch scheduler stepped per epoch
+    # (e.g. ExponentialLR) or Keras' staircase=True does.
+    config.schedule.staircase = False
+    # Fields of the other schedules, so --config.schedule.name=step|exponential|
+    # cosine_warm_restarts can be chosen from the command line (or a sweep).
+    config.schedule.gamma = config_dict.placeholder(float)  # step, exponential (per epoch)
+    config.schedule.step_size_epochs = config_dict.placeholder(float)  # step
+    config.schedule.first_period_epochs = config_dict.placeholder(float)  # cosine_warm_restarts
+    config.schedule.period_multiplier = 1  # cosine_warm_restarts
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = args.epochs

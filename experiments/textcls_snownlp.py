@@ -58,8 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.schedule.name = "cosine"
     config.schedule.warmup_epochs = 0.5
     config.schedule.min_value = 0.0
-    # Add config.schedule.staircase = True to change the rate once per epoch only, as a torch
-    # scheduler stepped per epoch (e.g. ExponentialLR) does.
+    # True: the rate changes once per epoch only, as a torch scheduler stepped per epoch
+    # (e.g. ExponentialLR) or Keras' staircase=True does.
+    config.schedule.staircase = False
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = args.epochs
