@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdl.data.records import Record, RecordError
-from jaxdl.data.sources import ImageSize, _check_color_mode, _hf_labels, _is_saved_to_disk
+from jaxdl.data.sources import ImageSize, _check_color_mode, _hf_labels, open_hf_dataset
 from jaxdl.data.sources import _normalize_size as normalize_size
 
 _PIL_MODES = {"rgb": "RGB", "grayscale": "L"}
@@ -110,22 +110,6 @@ class ImageFolderSource:
             f"ImageFolderSource(root={str(self.root)!r}, n={len(self)}, size={self.size}, "
             f"color_mode={self.color_mode!r})"
         )
-
-
-def open_hf_dataset(name_or_path: str, split: str, **kwargs: Any) -> Any:
-    """One split of a 🤗 dataset, memory-mapped: a ``save_to_disk`` directory through
-    ``load_from_disk``, anything else through ``load_dataset`` (a local builder such as
-    'imagefolder' with ``data_dir=``, or a hub name when the network allows)."""
-    import datasets
-
-    if _is_saved_to_disk(name_or_path):
-        dataset = datasets.load_from_disk(name_or_path, **kwargs)
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(f"split {split!r} not in {name_or_path}; has {list(dataset)}")
-            dataset = dataset[split]
-        return dataset
-    return datasets.load_dataset(name_or_path, split=split, **kwargs)
 
 
 def check_columns(dataset: Any, columns: list[str], name: str) -> None:

@@ -166,6 +166,22 @@ def _hf_labels(dataset: Any, label_column: str) -> tuple[np.ndarray, list[str]]:
     return labels.astype(np.int32), [str(n) for n in names]
 
 
+def open_hf_dataset(name_or_path: str, split: str, **kwargs: Any) -> Any:
+    """One split of a 🤗 dataset, memory-mapped: a ``save_to_disk`` directory through
+    ``load_from_disk``, anything else through ``load_dataset`` (a local builder such as
+    'imagefolder' with ``data_dir=``, or a hub name when the network allows)."""
+    import datasets
+
+    if _is_saved_to_disk(name_or_path):
+        dataset = datasets.load_from_disk(name_or_path, **kwargs)
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"split {split!r} not in {name_or_path}; has {list(dataset)}")
+            dataset = dataset[split]
+        return dataset
+    return datasets.load_dataset(name_or_path, split=split, **kwargs)
+
+
 def load_hf_image_dataset(
     name_or_path: str,
     split: str,
@@ -183,19 +199,11 @@ def load_hf_image_dataset(
     `datasets.load_from_disk` is used and `split` picks from a DatasetDict). `color_mode` None keeps
     grayscale datasets at C=1 (decided by the first image) and converts others to RGB.
     """
-    import datasets
 
     if color_mode is not None:
         _check_color_mode(color_mode)
     size = _normalize_size(image_size)
-    if _is_saved_to_disk(name_or_path):
-        dataset = datasets.load_from_disk(name_or_path, **kwargs)
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(f"split {split!r} not in {name_or_path}; has {list(dataset)}")
-            dataset = dataset[split]
-    else:
-        dataset = datasets.load_dataset(name_or_path, split=split, **kwargs)
+    dataset = open_hf_dataset(name_or_path, split, **kwargs)
     for column in (image_column, label_column):
         if column not in dataset.column_names:
             raise ValueError(f"column {column!r} not found; columns are {dataset.column_names}")
