@@ -8,6 +8,11 @@ included), their total, the theoretical minimum, the ratio, peak memory and comp
     python benchmarks/communication.py                      # 64 fake CPU devices (XLA_FLAGS)
     python benchmarks/communication.py --platform tpu       # v5p:2x2x2 and v5p:4x4x4 (libtpu)
     python benchmarks/communication.py --models gpt2_medium --devices 8 --seq-len 256
+    python benchmarks/communication.py --reductions auto        # only jaxdl's default
+
+Each case is compiled with jaxdl's gradient reduction (``auto``: explicit on DP/FSDP meshes,
+``jaxdl.parallel.gradients``) and with the compiler's (``compiler``: the program before that
+hook, XLA's SPMD partitioner inserts every reduction), side by side.
 
 Minimum = parameter traffic (``collectives.minimum_bytes``: DP ring all-reduce 2(n−1)/n·P, FSDP
 3(n−1)/n·P) plus, for the transformer under TP, Megatron's 4 activation all-reduces per layer
@@ -38,6 +43,7 @@ COLUMNS = (
     "model",
     "devices",
     "strategy",
+    "reduction",
     "all-reduce MiB",
     "all-gather MiB",
     "reduce-scatter MiB",
@@ -47,6 +53,7 @@ COLUMNS = (
     "minimum MiB",
     "ratio",
     "peak mem MiB",
+    "overlapped %",
     "compile s",
 )
 MIB = 2**20
@@ -58,6 +65,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", nargs="+", type=int, default=[8, 64])
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=None)
     parser.add_argument("--platform", choices=("cpu", "tpu"), default="cpu")
+    parser.add_argument(
+        "--reductions",
+        nargs="+",
+        choices=("auto", "explicit", "compiler"),
+        default=["auto", "compiler"],
+        help="mesh.gradient_reduction modes to compile each case with",
+    )
     parser.add_argument("--seq-len", type=int, default=1024, help="GPT-2 sequence length")
     parser.add_argument(
         "--per-device-batch", type=int, default=None, help="default: 2 (ResNet), 1 (GPT-2)"
@@ -98,15 +112,19 @@ def _tp_activation_minimum(model, mesh_sizes: dict[str, int], batch: int, seq_le
     return model.num_layers * 4 * 2 * (tensor - 1) / tensor * activation
 
 
-def run_case(model_name: str, devices: list, strategy: str, args: argparse.Namespace) -> dict:
-    """Compiles one (model, device count, strategy) case; returns its table row."""
+def run_case(
+    model_name: str, devices: list, strategy: str, reduction: str, args: argparse.Namespace
+) -> dict:
+    """Compiles one (model, device count, strategy, reduction) case; returns its table row."""
     from jaxdl.parallel import make_mesh
     from jaxdl.train.compile import compile_train_step
 
     model, optimizer, example, per_device = _workload(model_name, args)
     mesh = make_mesh(STRATEGIES[strategy], devices)
     batch = per_device * len(devices)
-    report = compile_train_step(model, optimizer, mesh, batch, example)
+    report = compile_train_step(
+        model, optimizer, mesh, batch, example, gradient_reduction_mode=reduction
+    )
     minimum = report.minimum_bytes + _tp_activation_minimum(
         model, report.mesh_sizes, batch, example.shape[0]
     )
@@ -115,12 +133,14 @@ def run_case(model_name: str, devices: list, strategy: str, args: argparse.Names
         "model": model_name,
         "devices": len(devices),
         "strategy": strategy,
+        "reduction": reduction,
         **{f"{k} MiB": by_kind[k].bytes / MIB for k in KINDS[:-1]},
         "permute MiB": by_kind["collective-permute"].bytes / MIB,
         "total MiB": report.collectives.total_bytes / MIB,
         "minimum MiB": minimum / MIB,
         "ratio": report.collectives.total_bytes / minimum if minimum else None,
         "peak mem MiB": report.memory.peak_bytes / MIB,
+        "overlapped %": 100 * report.overlap.overlapped_share,
         "compile s": report.compile_seconds,
     }
     return {"row": row, "batch": batch, "report": report.to_dict()}
@@ -143,10 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for strategy in args.strategies or STRATEGIES:
                 if count % STRATEGIES[strategy].get("tensor", 1):
                     continue
-                case = run_case(model_name, devices, strategy, args)
-                case["topology"] = topology
-                cases.append(case)
-                print(format_table([case["row"]], COLUMNS).splitlines()[-1], flush=True)
+                reductions = args.reductions
+                if STRATEGIES[strategy].get("tensor", 1) > 1 and "auto" in reductions:
+                    # auto is the compiler's reduction under tensor parallelism: compile once.
+                    reductions = [r for r in reductions if r != "compiler"]
+                for reduction in reductions:
+                    case = run_case(model_name, devices, strategy, reduction, args)
+                    case["topology"] = topology
+                    cases.append(case)
+                    print(format_table([case["row"]], COLUMNS).splitlines()[-1], flush=True)
     print()
     print(format_table([case["row"] for case in cases], COLUMNS))
     path = write_report(
@@ -157,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "seq_len": args.seq_len,
                 "per_device_batch": args.per_device_batch,
                 "strategies": STRATEGIES,
+                "reductions": args.reductions,
             },
             "results": cases,
         },

@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|evaluate|compile|data convert``.
+"""Command line: ``jaxdl train|evaluate|compile|shardings|data convert``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
         help="image tasks: one example's shape, e.g. 224,224,3, instead of loading the data",
     )
     compile_.add_argument("--json", help="also write the report to this JSON file")
+    shardings = commands.add_parser(
+        "shardings",
+        help="every parameter's logical axes, mesh spec and bytes per device",
+        allow_abbrev=False,
+    )
+    shardings.add_argument("--config", required=True, help="experiment file, optionally path:arg")
+    shardings.add_argument("--topology", help="as for compile (default: this machine's devices)")
+    shardings.add_argument("--json", help="also write the report to this JSON file")
     data = commands.add_parser("data", help="dataset tools", allow_abbrev=False)
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     convert = data_commands.add_parser(
@@ -81,16 +89,12 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
     from jaxdl.config import load_config
     from jaxdl.data.records import constant_image_splits
-    from jaxdl.errors import ConfigError
     from jaxdl.experiment import build_experiment
     from jaxdl.parallel import aot
     from jaxdl.train.compile import compile_experiment
 
     config = load_config(args.config, overrides)
-    try:
-        devices = aot.topology_devices(args.topology)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    devices = _topology_devices(args.topology)
     data = None
     if args.input_shape:
         data = constant_image_splits(args.input_shape, config.model.get("num_classes") or 1000)
@@ -102,6 +106,37 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         return 1
     print(f"jaxdl compile {args.config} --topology {args.topology}")
     print(report.format())
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report.to_dict(), handle, indent=2)
+    return 0
+
+
+def _topology_devices(topology: str) -> list:
+    """``aot.topology_devices``, with a malformed or unavailable topology as a ``ConfigError``."""
+    from jaxdl.errors import ConfigError
+    from jaxdl.parallel import aot
+
+    try:
+        return aot.topology_devices(topology)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _shardings(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """``jaxdl shardings``: the parameter layout ``jaxdl train`` would use, without allocating it
+    (the fallback warning, if any, is logged while the experiment is built)."""
+    import json
+
+    from jaxdl.config import load_config
+    from jaxdl.experiment import build_experiment
+
+    config = load_config(args.config, overrides)
+    devices = _topology_devices(args.topology) if args.topology else None
+    report = build_experiment(config, devices=devices).sharding_report
+    topology = f" --topology {args.topology}" if args.topology else ""
+    print(f"jaxdl shardings {args.config}{topology}")
+    print(report.format_table())
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report.to_dict(), handle, indent=2)
@@ -153,6 +188,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     if args.command == "compile":
         return _compile(args, extra)
+    if args.command == "shardings":
+        return _shardings(args, extra)
     if args.command == "data":
         return _convert(args, extra)
     if args.command == "train":

@@ -12,10 +12,18 @@ from ml_collections import config_dict
 
 
 def mesh(strategy: str = "dp") -> ml_collections.ConfigDict:
-    """``strategy``: dp | fsdp | tp | dp_tp | fsdp_tp | custom; axis sizes (-1 = the rest)."""
-    return ml_collections.ConfigDict(
+    """``strategy``: dp | fsdp | tp | dp_tp | fsdp_tp | custom; axis sizes (-1 = the rest).
+
+    ``rules``: logical-axis rules placed before the defaults, e.g.
+    ``(('vocab', None), ('embed', 'tensor'))``. ``gradient_reduction``: ``auto``, ``explicit`` (one
+    reduce-scatter/all-reduce per gradient, see ``jaxdl.parallel.gradients``) or ``compiler``.
+    """
+    section = ml_collections.ConfigDict(
         {"strategy": strategy, "data": -1, "fsdp": 1, "sequence": 1, "tensor": 1}
     )
+    section.rules = config_dict.placeholder(tuple)
+    section.gradient_reduction = "auto"
+    return section
 
 
 def distributed() -> ml_collections.ConfigDict:

@@ -9,6 +9,7 @@ steps are ``ShardedStep``s that ``Trainer`` runs and ``jaxdl compile`` lowers fo
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,8 +26,10 @@ from jaxdl.errors import ConfigError
 from jaxdl.models import available_models, get_model
 from jaxdl.models.registry import model_hyperparameters
 from jaxdl.optim import build_optimizer, build_schedule
-from jaxdl.parallel import DEFAULT_RULES, batch_sharding, mesh_from_config
-from jaxdl.parallel.rules import Rules
+from jaxdl.parallel import batch_sharding, is_main_process, mesh_from_config
+from jaxdl.parallel.gradients import gradient_reduction
+from jaxdl.parallel.rules import Rules, rules_with_overrides
+from jaxdl.parallel.sharding_report import ShardingReport, abstract_params, sharding_report
 from jaxdl.tasks import Task, build_task
 from jaxdl.train.fingerprint import training_fingerprint
 from jaxdl.train.state import TrainState, sharded_state_initializer
@@ -56,6 +59,7 @@ class Experiment:
     train_step: ShardedStep
     eval_step: ShardedStep
     initialize: Callable[[jax.Array], TrainState]
+    sharding_report: ShardingReport
 
     @property
     def seed(self) -> int:
@@ -177,16 +181,34 @@ def build_experiment(
         ),
     )
     optimizer = _as_config_error("optimizer", lambda: build_optimizer(config.optimizer, schedule))
-    rules = DEFAULT_RULES
+    rules = _as_config_error("mesh", lambda: rules_with_overrides(config.mesh.get("rules")))
     abstract_state, shardings, initialize = sharded_state_initializer(
         model, optimizer, lambda: task.init_inputs(global_batch), mesh, rules
     )
+    # Dimensions their mesh axis does not divide are replicated silently; say so once per run.
+    report = sharding_report(
+        abstract_params(model, lambda: task.init_inputs(global_batch), mesh, rules), mesh, rules
+    )
+    if report.fallbacks and is_main_process():
+        logging.getLogger("jaxdl").warning(report.warning())
     sharding = batch_sharding(mesh, rules)
     microbatches = int(config.train.get("microbatches", 1))
-    if microbatches < 1 or global_batch % microbatches:
+    if microbatches < 1 or (global_batch // data_parallel) % microbatches:
         raise ConfigError(
-            f"train.microbatches={microbatches} must divide train.batch_size={global_batch}"
+            f"train.microbatches={microbatches} must divide the per-device batch "
+            f"{global_batch // data_parallel} (train.batch_size={global_batch} over "
+            f"{data_parallel} data-parallel devices)"
         )
+    reduction = _as_config_error(
+        "mesh",
+        lambda: gradient_reduction(
+            mesh,
+            shardings.params,
+            sharding,
+            rules,
+            config.mesh.get("gradient_reduction", "auto"),
+        ),
+    )
     return Experiment(
         config=config,
         data=data,
@@ -209,6 +231,7 @@ def build_experiment(
                 task,
                 microbatches=microbatches,
                 skip_nonfinite=config.train.get("on_nonfinite", "stop") != "stop",
+                reduction=reduction,
             ),
             mesh,
             shardings,
@@ -220,4 +243,5 @@ def build_experiment(
             make_eval_step(task), mesh, shardings, sharding, returns_state=False, rules=rules
         ),
         initialize=initialize,
+        sharding_report=report,
     )

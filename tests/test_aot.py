@@ -129,17 +129,20 @@ def test_scanned_layers_count_loop_bodies_by_their_trip_count():
     assert scanned.xla_flops < 0.8 * unrolled.xla_flops
     # Without loops, the dot/conv count is XLA's count minus elementwise work.
     assert 0.8 * unrolled.xla_flops < unrolled.matmul_flops <= unrolled.xla_flops
-    # The per-layer gradient all-reduces run inside the loop: counted 3 times they move what
-    # the unrolled copies move. (All-gathers legitimately differ: the scanned backward pass
-    # re-gathers each layer's shard, ZeRO-3 style, where XLA keeps unrolled layers' gathered
-    # params alive from the forward pass.)
+    # The per-layer gradient reduce-scatters (jaxdl.parallel.gradients) run inside the loop:
+    # counted 3 times they move what the unrolled copies move. (All-gathers legitimately
+    # differ: the scanned backward pass re-gathers each layer's shard, ZeRO-3 style, where XLA
+    # keeps unrolled layers' gathered params alive from the forward pass.)
     assert scanned.collectives.unknown_trip_count_loops == 0
     scanned_kinds, unrolled_kinds = scanned.collectives.by_kind, unrolled.collectives.by_kind
-    assert scanned_kinds["all-reduce"].count > unrolled_kinds["all-reduce"].count
-    assert scanned_kinds["all-reduce"].bytes == pytest.approx(
-        unrolled_kinds["all-reduce"].bytes, rel=1e-2
+    assert scanned_kinds["reduce-scatter"].count > 0
+    assert scanned_kinds["reduce-scatter"].bytes == pytest.approx(
+        unrolled_kinds["reduce-scatter"].bytes, rel=1e-2
     )
-    assert scanned_kinds["all-gather"].bytes >= unrolled_kinds["all-gather"].bytes
+    assert scanned_kinds["all-gather"].bytes > 1.5 * unrolled_kinds["all-gather"].bytes
+    # What is left to all-reduce (the parameters too small to shard, the loss) is small.
+    for kinds in (scanned_kinds, unrolled_kinds):
+        assert kinds["all-reduce"].bytes < 0.05 * kinds["reduce-scatter"].bytes
 
 
 def test_compile_command_rejects_a_bad_topology_in_one_line(capsys):

@@ -6,7 +6,8 @@ import optax
 import pytest
 
 from jaxdl.models import get_model
-from jaxdl.parallel import batch_sharding, make_mesh, shard_batch
+from jaxdl.parallel import DEFAULT_RULES, batch_sharding, make_mesh, shard_batch
+from jaxdl.parallel.gradients import gradient_reduction
 from jaxdl.tasks import LanguageModeling, SequenceClassification
 from jaxdl.train import (
     ShardedStep,
@@ -38,12 +39,26 @@ def _batches(tokens: bool, num_steps=3, batch=16):
     ]
 
 
-def _run(model, tx, sizes, devices, batches):
+def _step(task, mesh, shardings, reduction_mode, microbatches=1):
+    """The train step with the gradient reduction ``mesh.gradient_reduction=reduction_mode``
+    picks (auto: explicit on dp/fsdp meshes, the compiler's with tensor parallelism)."""
+    sharding = batch_sharding(mesh)
+    reduction = gradient_reduction(mesh, shardings.params, sharding, DEFAULT_RULES, reduction_mode)
+    return ShardedStep(
+        make_train_step(task, microbatches=microbatches, reduction=reduction),
+        mesh,
+        shardings,
+        sharding,
+        returns_state=True,
+    )
+
+
+def _run(model, tx, sizes, devices, batches, reduction_mode="auto"):
     mesh = make_mesh(sizes, devices)
     sample = jax.ShapeDtypeStruct(batches[0]["inputs"].shape, batches[0]["inputs"].dtype)
     state, shardings = create_sharded_train_state(model, tx, jax.random.PRNGKey(0), sample, mesh)
     sharding = batch_sharding(mesh)
-    step = ShardedStep(make_train_step(), mesh, shardings, sharding, returns_state=True)
+    step = _step(None, mesh, shardings, reduction_mode)
     losses = []
     for batch in batches:
         state, metrics = step(state, shard_batch(batch, sharding))
@@ -95,8 +110,13 @@ def reference_runs():
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_sharded_training_matches_single_device(reference_runs, strategy, model_name):
+@pytest.mark.parametrize(
+    "strategy,reduction_mode",
+    [(name, "auto") for name in STRATEGIES] + [("dp8", "compiler"), ("fsdp8", "compiler")],
+)
+def test_sharded_training_matches_single_device(
+    reference_runs, strategy, reduction_mode, model_name
+):
     batches, references = reference_runs
     ref_state, ref_losses = references[model_name]
     state, losses = _run(
@@ -105,6 +125,7 @@ def test_sharded_training_matches_single_device(reference_runs, strategy, model_
         STRATEGIES[strategy],
         jax.devices(),
         batches[model_name],
+        reduction_mode,
     )
     # Tolerance: the same maths in f32 with different reduction orders (all-reduce trees, split
     # matmuls) differs by a few ulps per op; 3 steps keep that well below 1e-4.
@@ -154,7 +175,7 @@ def _task_batches(case: str, num_steps=3, batch=16, seq_len=12):
     return batches
 
 
-def _run_task(case, sizes, devices, batches):
+def _run_task(case, sizes, devices, batches, reduction_mode="auto", microbatches=1):
     model_kwargs, make_task = TASK_CASES[case]
     model, task = get_model(**model_kwargs), make_task()
     mesh = make_mesh(sizes, devices)
@@ -165,7 +186,7 @@ def _run_task(case, sizes, devices, batches):
     )
     state = initialize(jax.random.PRNGKey(0))
     sharding = batch_sharding(mesh)
-    step = ShardedStep(make_train_step(task), mesh, shardings, sharding, returns_state=True)
+    step = _step(task, mesh, shardings, reduction_mode, microbatches)
     losses = []
     for batch in batches:
         state, metrics = step(state, shard_batch(batch, sharding))
@@ -182,11 +203,18 @@ def task_reference_runs():
 
 
 @pytest.mark.parametrize("case", list(TASK_CASES))
-@pytest.mark.parametrize("strategy", TASK_STRATEGIES)
-def test_task_training_matches_single_device(task_reference_runs, strategy, case):
+@pytest.mark.parametrize(
+    "strategy,reduction_mode",
+    [(name, "auto") for name in TASK_STRATEGIES] + [("fsdp2_tp4", "explicit")],
+)
+def test_task_training_matches_single_device(task_reference_runs, strategy, reduction_mode, case):
+    """Explicit reduction weights each device's loss by its target tokens: the LM batches'
+    rows have different real lengths, so an unweighted mean of device losses would differ."""
     batches, references = task_reference_runs
     ref_state, ref_losses = references[case]
-    state, losses = _run_task(case, STRATEGIES[strategy], jax.devices(), batches[case])
+    state, losses = _run_task(
+        case, STRATEGIES[strategy], jax.devices(), batches[case], reduction_mode
+    )
     # Training moved the loss, so the comparison is of real updates.
     assert ref_losses[0] != ref_losses[-1]
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)

@@ -5,6 +5,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jaxdl.parallel.gradients import batch_axes
+
 NORM_KINDS = ("batch", "group", "layer", "none")
 
 # torch's default epsilon, so ported weights behave the same.
@@ -109,6 +111,9 @@ def make_norm(
             param_dtype=param_dtype,
             scale_init=named_scale,
             bias_init=named_bias,
+            # In a data-parallel manual region each device holds part of the batch: average
+            # the statistics over it so they are the global batch's.
+            axis_name=batch_axes() if train else None,
             name=name,
         )
     return nn.LayerNorm(

@@ -7,11 +7,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jaxdl.parallel.gradients import save_all_but_gathers
+
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+# Not a config choice: what a block uses for 'none' inside a data-parallel manual region, where
+# its FSDP parameter shards are gathered on use (keep everything but the gathered weights).
+REGATHER = "regather"
 
 
 def checkpoint_policy(name: str) -> Any:
     """The ``jax.checkpoint`` policy for a ``remat_policy`` name ('full' saves nothing: None)."""
+    if name == REGATHER:
+        return save_all_but_gathers
     if name not in REMAT_POLICIES or name == "none":
         raise ValueError(f"remat policy must be one of {REMAT_POLICIES[1:]}, got {name!r}")
     return None if name == "full" else getattr(jax.checkpoint_policies, name)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from jaxdl.layers.attention import EMBED_ACTIVATION_AXES, MultiHeadAttention
 from jaxdl.layers.mlp import MlpBlock
 from jaxdl.layers.normalization import make_norm
-from jaxdl.layers.remat import REMAT_POLICIES, remat_call
+from jaxdl.layers.remat import REGATHER, REMAT_POLICIES, remat_call
+from jaxdl.parallel.gradients import batch_axes
 
 
 class TransformerBlock(nn.Module):
@@ -94,9 +95,12 @@ def _apply_block(
     prevent_cse: bool,
 ) -> jax.Array:
     """``block(x, padding_mask, segment_ids, train=train)``, rematerialised unless
-    ``remat_policy='none'``."""
+    ``remat_policy='none'`` (then, in a data-parallel manual region, only its gathered
+    parameters are: they are gathered again for the backward pass instead of kept)."""
     if remat_policy == "none":
-        return block(x, padding_mask, segment_ids, train=train)
+        if not (train and batch_axes()):
+            return block(x, padding_mask, segment_ids, train=train)
+        remat_policy = REGATHER
     return remat_call(
         block,
         x,

@@ -30,6 +30,8 @@ from jax.sharding import Mesh
 from jaxdl.errors import UserError
 from jaxdl.parallel.collectives import (
     CollectiveReport,
+    OverlapStats,
+    collective_overlap,
     collective_report,
     execution_counts,
     minimum_bytes,
@@ -142,6 +144,7 @@ class CompileReport:
     xla_flops: float | None  # compiled.cost_analysis(): counts a while-loop body once
     matmul_flops: float  # dot + convolution FLOPs, loop bodies times their trip count
     collectives: CollectiveReport
+    overlap: OverlapStats  # async collectives and the share the schedule hides behind compute
     minimum_bytes: float  # collectives.minimum_bytes for this mesh
     hbm_bytes: int | None
     compile_seconds: float
@@ -161,6 +164,7 @@ class CompileReport:
         fields = dataclasses.asdict(self)
         fields["memory"]["peak_bytes"] = self.memory.peak_bytes
         fields["collectives"] = self.collectives.to_dict()
+        fields["overlap"] = self.overlap.to_dict()
         return {**fields, "ratio": self.ratio, "fits": self.fits}
 
     def format(self) -> str:
@@ -194,6 +198,12 @@ class CompileReport:
             f"  {'total':<20}{self.collectives.total_count:>8g}"
             f"{format_bytes(self.collectives.total_bytes):>12}"
             f"   minimum {format_bytes(self.minimum_bytes)}, measured/minimum {ratio}"
+        )
+        o = self.overlap
+        lines.append(
+            f"  async pairs {o.async_pairs:g}, overlapped with compute {o.overlapped_pairs:g}: "
+            f"{format_bytes(o.overlapped_bytes)} of {format_bytes(o.total_bytes)} "
+            f"({o.overlapped_share:.0%})"
         )
         if self.collectives.unknown_trip_count_loops:
             lines.append(
@@ -334,6 +344,7 @@ def compile_lowered(lowered: Any, state: Any, batch: Any, mesh: Mesh) -> Compile
         xla_flops=float(cost["flops"]) if cost and "flops" in cost else None,
         matmul_flops=hlo_matmul_flops(hlo),
         collectives=collective_report(hlo, len(devices)),
+        overlap=collective_overlap(hlo, len(devices)),
         minimum_bytes=minimum_bytes(param_bytes, mesh_sizes),
         hbm_bytes=hbm_bytes_per_device(devices),
         compile_seconds=seconds,

@@ -276,6 +276,25 @@ class CollectiveReport:
         }
 
 
+def _collective_kind(instruction: Instruction) -> str | None:
+    """The collective kind an instruction performs (its ``-start`` half included), else None."""
+    kind = instruction.opcode.removesuffix("-start")
+    if kind not in COLLECTIVE_KINDS or _is_async_tail(instruction.opcode):
+        return None
+    return kind
+
+
+def _instruction_bytes(module: HloModule, instruction: Instruction, default_group: int) -> float:
+    """Ring-model bytes one execution of a collective instruction sends per device."""
+    kind = instruction.opcode.removesuffix("-start")
+    operand_types = module.operand_types(instruction)
+    if kind == "collective-permute":
+        operand_types = operand_types[:1]  # the in-place form adds buffers/offsets
+    operand_bytes = sum(type_bytes(operand) for operand in operand_types)
+    n = _group_size(instruction.attributes, default_group)
+    return _bytes_sent(kind, operand_bytes, n)
+
+
 def collective_report(hlo_text: str, num_devices: int | None = None) -> CollectiveReport:
     """Counts and per-device bytes of every collective in ``hlo_text`` (see the module doc).
 
@@ -291,18 +310,135 @@ def collective_report(hlo_text: str, num_devices: int | None = None) -> Collecti
         if not runs:
             continue
         for instruction in body:
-            kind = instruction.opcode.removesuffix("-start")
-            if kind not in totals or _is_async_tail(instruction.opcode):
+            kind = _collective_kind(instruction)
+            if kind is None:
                 continue
-            operand_types = module.operand_types(instruction)
-            if kind == "collective-permute":
-                operand_types = operand_types[:1]  # the in-place form adds buffers/offsets
-            operand_bytes = sum(type_bytes(operand) for operand in operand_types)
-            n = _group_size(instruction.attributes, default_group)
             totals[kind][0] += runs
-            totals[kind][1] += runs * _bytes_sent(kind, operand_bytes, n)
+            totals[kind][1] += runs * _instruction_bytes(module, instruction, default_group)
     by_kind = {kind: CollectiveStats(count, sent) for kind, (count, sent) in totals.items()}
     return CollectiveReport(by_kind, unknown)
+
+
+# Instructions that move or rename data without computing: they do not hide a collective.
+_NOT_COMPUTE = {
+    "parameter",
+    "constant",
+    "get-tuple-element",
+    "tuple",
+    "bitcast",
+    "after-all",
+    "partition-id",
+    "replica-id",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OverlapStats:
+    """How much collective traffic the schedule overlaps with compute, per device per step.
+
+    A collective is *overlapped* when it runs as an async pair (``*-start``/``*-done``, or
+    ``async-start`` wrapping a collective) and the schedule places at least one compute
+    instruction (a fusion, dot, convolution, loop, ...) between its start and its done; or when
+    it is fused with compute (XLA:TPU's async collective fusions: the collective sits in a
+    fusion body beside the computation it overlaps).
+    """
+
+    total_bytes: float
+    async_bytes: float
+    overlapped_bytes: float
+    async_pairs: float
+    overlapped_pairs: float
+
+    @property
+    def overlapped_share(self) -> float:
+        return self.overlapped_bytes / self.total_bytes if self.total_bytes else 0.0
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "overlapped_share": self.overlapped_share}
+
+
+def collective_overlap(hlo_text: str, num_devices: int | None = None) -> OverlapStats:
+    """Async collectives of a scheduled HLO module and the share overlapped with compute.
+
+    The instruction order of a computation in ``compiled.as_text()`` is XLA's schedule
+    (``is_scheduled=true``). Synchronous collectives (XLA:CPU's) are never overlapped.
+    """
+    module = parse_hlo_module(hlo_text)
+    default_group = num_devices or module.num_devices or 1
+    counts, _ = execution_counts(module)
+    total = async_bytes = overlapped = pairs = overlapped_pairs = 0.0
+    fused_with_compute = _fusions_with_compute(module)
+    for computation, body in module.computations.items():
+        runs = counts[computation]
+        if not runs:
+            continue
+        started: dict[str, tuple[int, float]] = {}
+        for position, instruction in enumerate(body):
+            kind = _collective_kind(instruction)
+            if kind is not None:
+                sent = runs * _instruction_bytes(module, instruction, default_group)
+                total += sent
+                if instruction.opcode.endswith("-start"):
+                    started[instruction.name] = (position, sent)
+                elif computation in fused_with_compute:
+                    async_bytes, overlapped = async_bytes + sent, overlapped + sent
+                    pairs, overlapped_pairs = pairs + runs, overlapped_pairs + runs
+            elif instruction.opcode == "async-start":
+                sent = runs * _wrapped_bytes(module, instruction, default_group)
+                if sent:
+                    started[instruction.name] = (position, sent)
+            elif _is_async_tail(instruction.opcode):
+                for name in module.operand_names(instruction):
+                    if name not in started:
+                        continue
+                    start, sent = started.pop(name)
+                    between = body[start + 1 : position]
+                    hidden = any(_is_compute(other) for other in between)
+                    async_bytes += sent
+                    pairs += runs
+                    overlapped += sent if hidden else 0.0
+                    overlapped_pairs += runs if hidden else 0.0
+    return OverlapStats(total, async_bytes, overlapped, pairs, overlapped_pairs)
+
+
+def _fusions_with_compute(module: HloModule) -> set[str]:
+    """Fusion bodies that hold compute besides their collectives."""
+    bodies = set()
+    for body in module.computations.values():
+        for instruction in body:
+            if instruction.opcode == "fusion":
+                bodies.update(n for role, n in _CALLEE.findall(instruction.attributes))
+    return {
+        name
+        for name in bodies
+        if any(_is_compute(i) for i in module.computations.get(name, []))
+        and any(_collective_kind(i) is not None for i in module.computations.get(name, []))
+    }
+
+
+def _wrapped_bytes(module: HloModule, instruction: Instruction, default_group: int) -> float:
+    """Bytes of the collectives an ``async-start`` wraps (its called computation)."""
+    sent = 0.0
+    for names in _CALLEE_LIST.findall(_METADATA.sub("", instruction.attributes)):
+        for name in (n.strip().lstrip("%") for n in names.split(",") if n.strip()):
+            for inner in module.computations.get(name, []):
+                if _collective_kind(inner) is not None:
+                    sent += _instruction_bytes(module, inner, default_group)
+    for role, name in _CALLEE.findall(_METADATA.sub("", instruction.attributes)):
+        if role == "calls":
+            for inner in module.computations.get(name, []):
+                if _collective_kind(inner) is not None:
+                    sent += _instruction_bytes(module, inner, default_group)
+    return sent
+
+
+def _is_compute(instruction: Instruction) -> bool:
+    opcode = instruction.opcode
+    return not (
+        opcode in _NOT_COMPUTE
+        or opcode.endswith(("-start", "-done", "-update"))
+        or _collective_kind(instruction) is not None
+    )
 
 
 def data_parallel_minimum_bytes(gradient_bytes: float, n: int) -> float:

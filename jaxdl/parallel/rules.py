@@ -47,6 +47,32 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def rules_with_overrides(overrides: Rules | None, base: Rules = DEFAULT_RULES) -> tuple:
+    """``base`` with ``overrides`` (``config.mesh.rules``) in front: the first rule for a name
+    wins, so an override replaces the base's mapping of that name and a new name extends it.
+
+    Each override is ``(logical_name, mesh_axis | (mesh_axes...) | None)``; ``None`` replicates.
+    """
+    from jaxdl.parallel.mesh import MESH_AXES
+
+    checked = []
+    for rule in overrides or ():
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise ValueError(
+                f"mesh.rules entry {rule!r} must be (logical_name, mesh_axis or tuple or None)"
+            )
+        name, entry = rule
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown:
+            raise ValueError(
+                f"mesh.rules entry {rule!r} names unknown mesh axis {unknown[0]!r}; "
+                f"mesh axes are {list(MESH_AXES)}"
+            )
+        checked.append((name, None if not axes else axes[0] if len(axes) == 1 else axes))
+    return (*checked, *base)
+
+
 def _divisible(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
     """Drops mesh axes from dimensions they do not divide evenly (e.g. a 3-channel stem conv).
 

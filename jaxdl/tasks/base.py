@@ -84,6 +84,14 @@ class Task(abc.ABC):
         """Predictions for ``inputs`` (a batch without targets): class ids, token ids, ..."""
 
     # ------------------------------------------------------------------------------------------
+    def loss_weight(self, batch: Batch) -> jax.Array:
+        """What ``loss`` averages over in ``batch`` (float32 scalar): examples by default.
+
+        Data-parallel devices weight their losses (and aux metrics) by it, so the global loss is
+        the mean over the global batch's examples (or target tokens), as on one device.
+        """
+        return jnp.float32(jax.tree.leaves(batch)[0].shape[0])
+
     def prepare_train_batch(self, key: jax.Array, batch: Batch) -> Batch:
         """On-device preprocessing of a training batch (augmentation); identity by default."""
         del key

@@ -116,6 +116,10 @@ class LanguageModeling(Task):
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         return nll, targets, weights, logits
 
+    def loss_weight(self, batch: Batch) -> jax.Array:
+        """Target tokens: the loss is their mean."""
+        return jnp.sum(self.target_weights(batch))
+
     def loss(self, forward: Forward, batch: Batch):
         nll, targets, weights, logits = self._token_losses(forward, batch)
         accuracy = masked_mean(jnp.argmax(logits, -1) == targets, weights)

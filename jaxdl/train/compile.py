@@ -16,6 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxdl.parallel.aot import CompileReport, compile_lowered
+from jaxdl.parallel.gradients import gradient_reduction
 from jaxdl.parallel.rules import DEFAULT_RULES, Rules, batch_sharding
 from jaxdl.tasks import ImageClassification, Task
 from jaxdl.train.state import sharded_state_initializer
@@ -41,11 +42,13 @@ def compile_train_step(
     *,
     task: Task | None = None,
     rules: Rules = DEFAULT_RULES,
+    gradient_reduction_mode: str = "auto",
 ) -> CompileReport:
     """Compiles jaxdl's train step of ``task`` (default: classification of ``inputs`` by
     ``labels``) for ``mesh``'s devices and reports its per-device costs.
 
     ``input_spec`` is one example's input (e.g. (224, 224, 3) float32, or (1024,) int32 tokens);
+    ``gradient_reduction_mode`` is ``mesh.gradient_reduction`` (auto, explicit or compiler);
     with the default task the labels are int32 shaped like the model's output without its last
     axis ([B] for a classifier, [B, T] for a language model).
     """
@@ -64,23 +67,24 @@ def compile_train_step(
     state, shardings, _ = sharded_state_initializer(model, optimizer, init_inputs, mesh, rules)
     sharding = batch_sharding(mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        # Abstract variables are arguments (not closed over): eval_shape traces only those.
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
         outputs = jax.eval_shape(
-            lambda params, x: model.apply(
-                {
-                    "params": params,
-                    **({"batch_stats": state.batch_stats} if state.batch_stats else {}),
-                },
-                x,
-                train=False,
-            ),
-            state.params,
-            inputs,
+            lambda variables, x: model.apply(variables, x, train=False), variables, inputs
         )
     batch = {
         "inputs": jax.ShapeDtypeStruct(inputs.shape, inputs.dtype, sharding=sharding),
         "labels": jax.ShapeDtypeStruct(outputs.shape[:-1], jnp.int32, sharding=sharding),
     }
+    reduction = gradient_reduction(mesh, shardings.params, sharding, rules, gradient_reduction_mode)
     step = ShardedStep(
-        make_train_step(task), mesh, shardings, sharding, returns_state=True, rules=rules
+        make_train_step(task, reduction=reduction),
+        mesh,
+        shardings,
+        sharding,
+        returns_state=True,
+        rules=rules,
     )
     return compile_lowered(step.lower(state, batch), state, batch, mesh)

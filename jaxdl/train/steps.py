@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from jaxdl.parallel.gradients import CompilerReduction, GradientReduction
 from jaxdl.parallel.rules import DEFAULT_RULES, Rules
 from jaxdl.tasks import ImageClassification, Task
 from jaxdl.train.state import TrainState
@@ -46,7 +47,11 @@ def eval_forward(state: TrainState) -> Callable[..., Any]:
 
 
 def make_train_step(
-    task: Task | None = None, *, microbatches: int = 1, skip_nonfinite: bool = False
+    task: Task | None = None,
+    *,
+    microbatches: int = 1,
+    skip_nonfinite: bool = False,
+    reduction: GradientReduction | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A train step for ``task`` (default: classification of ``inputs`` by ``labels``).
 
@@ -66,17 +71,28 @@ def make_train_step(
     layers (41 collectives instead of 2 in tests/test_aot.py). ``lr_scale`` multiplies the
     optimiser's updates (the learning rate, for every optax optimiser): rollbacks lower it
     without touching the optimiser state's structure.
+
+    ``reduction`` is the hook that sums gradients over data-parallel devices
+    (``jaxdl.parallel.gradients``; ``gradient_reduction(mesh, ...)`` picks it for a mesh). The
+    default leaves the reductions to XLA, which is what one device needs.
     """
     task = task or ImageClassification()
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
+
+    reduce = reduction or CompilerReduction()
 
     def train_step(state: TrainState, batch: Batch, lr_scale: jax.Array | float = 1.0):
         step_key = jax.random.fold_in(state.rng, state.step)
         prepare_key, dropout_key = jax.random.split(step_key)
         batch = task.prepare_train_batch(prepare_key, batch)
 
-        def loss_and_grads(params, batch_stats, micro_batch, key):
+        def weighted_grads(params, batch_stats, micro_batch, key, sync):
+            """Gradients and metrics of this device's share of the global weighted mean loss."""
+            weight = task.loss_weight(micro_batch)
+            total = sync.global_sum(weight)
+            share = jnp.where(total > 0, weight / jnp.where(total > 0, total, 1.0), 0.0)
+
             def loss_fn(p):
                 mutated = {}
 
@@ -96,19 +112,24 @@ def make_train_step(
                     return out
 
                 loss, aux = task.loss(forward, micro_batch)
-                return loss, (aux, mutated.get("batch_stats", batch_stats))
+                return loss * share, (aux, mutated.get("batch_stats", batch_stats))
 
-            (loss, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            return grads, {"loss": loss, **aux}, stats
+            (loss, (aux, stats)), grads = jax.value_and_grad(
+                sync.checkpoint(loss_fn), has_aux=True
+            )(params)
+            metrics = {"loss": loss, **jax.tree.map(lambda m: m * share, aux)}
+            return grads, metrics, stats
 
-        if microbatches == 1:
-            grads, metrics, batch_stats = loss_and_grads(
-                state.params, state.batch_stats, batch, dropout_key
+        def local_grads(params, batch_stats, local_batch, key, sync):
+            if microbatches == 1:
+                return weighted_grads(params, batch_stats, local_batch, key, sync)
+            return _accumulate(
+                weighted_grads, params, batch_stats, local_batch, key, sync, microbatches
             )
-        else:
-            grads, metrics, batch_stats = _accumulate(
-                loss_and_grads, state, batch, dropout_key, microbatches
-            )
+
+        grads, metrics, batch_stats = reduce(
+            local_grads, state.params, state.batch_stats, batch, dropout_key
+        )
         grad_norm = optax.tree.norm(grads)
         nonfinite = ~(jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm))
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -130,30 +151,30 @@ def make_train_step(
     return train_step
 
 
-def _accumulate(loss_and_grads, state, batch, dropout_key, microbatches):
+def _accumulate(weighted_grads, params, batch_stats, batch, key, sync, microbatches):
     """Mean gradients/metrics over ``microbatches`` slices of the batch (a sequential scan)."""
     batch_size = jax.tree.leaves(batch)[0].shape[0]
     if batch_size % microbatches:
         raise ValueError(f"batch size {batch_size} is not divisible by microbatches={microbatches}")
     split = lambda x: x.reshape(microbatches, -1, *x.shape[1:])  # noqa: E731
-    keys = jax.random.split(dropout_key, microbatches)
+    keys = jax.random.split(key, microbatches)
 
     def body(carry, xs):
-        grads_sum, metrics_sum, batch_stats = carry
-        micro_batch, key = xs
-        grads, metrics, batch_stats = loss_and_grads(state.params, batch_stats, micro_batch, key)
+        grads_sum, metrics_sum, stats = carry
+        micro_batch, micro_key = xs
+        grads, metrics, stats = weighted_grads(params, stats, micro_batch, micro_key, sync)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
         metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
-        return (grads_sum, metrics_sum, batch_stats), None
+        return (grads_sum, metrics_sum, stats), None
 
     # The metric names and shapes of one micro-batch, to start the sums at zero.
     first = jax.tree.map(lambda x: x[0], jax.tree.map(split, batch))
     metric_shapes = jax.eval_shape(
-        lambda b: loss_and_grads(state.params, state.batch_stats, b, keys[0])[1], first
+        lambda b: weighted_grads(params, batch_stats, b, keys[0], sync)[1], first
     )
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
     metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
-    init = (zeros, metric_zeros, state.batch_stats)
+    init = (zeros, metric_zeros, batch_stats)
     (grads, metrics, batch_stats), _ = jax.lax.scan(body, init, (jax.tree.map(split, batch), keys))
     scale = 1.0 / microbatches
     return (
