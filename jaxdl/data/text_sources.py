@@ -3,8 +3,9 @@
 ``TextLineSource`` indexes the byte offset of every non-blank line once (8 bytes per line) and
 reads one line per record; ``HFTextSource`` reads one row of a memory-mapped Arrow table.
 ``TokenizedText`` turns ``text`` into ``tokens`` with any ``Tokenizer`` (byte- or character-level
-here): variable-length documents for packed language modelling, or truncated, padded sequences
-for classification. An empty text or invalid UTF-8 is a ``RecordError`` naming the line or row.
+here, trained subword or word vocabularies in ``jaxdl.data.subword``): variable-length
+documents for packed language modelling, or truncated, padded sequences for classification. An
+empty text or invalid UTF-8 is a ``RecordError`` naming the line or row.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from jaxdl.data.image_sources import check_columns, open_hf_dataset
 from jaxdl.data.records import Record, RecordError, RecordSource
 from jaxdl.data.sources import _hf_labels
+from jaxdl.data.subword import SubwordTokenizer
 from jaxdl.data.text import (
     BYTE_VOCAB_SIZE,
     CLS_ID,
@@ -32,7 +34,11 @@ from jaxdl.data.views import describe_record, source_labels
 
 
 class Tokenizer(Protocol):
-    """Text ↔ int32 token ids. ``encode`` never pads; ``pad_id`` is what padding uses."""
+    """Text ↔ int32 token ids. ``encode`` never pads; ``pad_id`` is what padding uses.
+
+    Implementations also carry ``cls_id`` (None without a CLS token); trained ones a
+    ``fingerprint`` of their vocabulary (``jaxdl.data.tokenizer_store`` checks it on load).
+    """
 
     vocab_size: int
     pad_id: int
@@ -102,7 +108,11 @@ def tokenizer_from_json(text: str) -> Tokenizer:
         return ByteTokenizer()
     if data.get("kind") == "char":
         return CharTokenizer(CharVocabulary.from_json(json.dumps(data["vocabulary"])))
-    raise ValueError(f"unknown tokenizer kind {data.get('kind')!r}; expected one of {TOKENIZERS}")
+    if data.get("kind") == "subword":
+        return SubwordTokenizer.from_json(text)
+    raise ValueError(
+        f"unknown tokenizer kind {data.get('kind')!r}; expected one of {(*TOKENIZERS, 'subword')}"
+    )
 
 
 _WHITESPACE = np.frombuffer(b" \t\r\x0b\x0c", np.uint8)

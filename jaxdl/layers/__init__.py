@@ -27,6 +27,7 @@ from jaxdl.layers.mlp import MlpBlock
 from jaxdl.layers.normalization import NORM_KINDS, GroupNorm, Identity, make_norm
 from jaxdl.layers.pooling import max_pool
 from jaxdl.layers.resnet_blocks import BasicBlock, Bottleneck
+from jaxdl.layers.rnn import RNN_CELLS, RecurrentEncoder, RecurrentState
 from jaxdl.layers.transformer import TransformerBlock, TransformerStack
 from jaxdl.layers.validation import check_image_batch
 
@@ -35,6 +36,7 @@ __all__ = [
     "CONV_IMPLS",
     "CONV_KERNEL_AXES",
     "NORM_KINDS",
+    "RNN_CELLS",
     "BasicBlock",
     "Bottleneck",
     "Conv",
@@ -49,6 +51,8 @@ __all__ = [
     "LearnedPositionEmbedding",
     "MlpBlock",
     "MultiHeadAttention",
+    "RecurrentEncoder",
+    "RecurrentState",
     "SinusoidalPositionEmbedding",
     "TransformerBlock",
     "TransformerStack",

@@ -8,6 +8,7 @@ from jaxdl.layers import BasicBlock, Bottleneck, TransformerBlock, TransformerSt
 from jaxdl.models.cnn import VGG, LeNet5
 from jaxdl.models.registry import available_models, get_model, register_model
 from jaxdl.models.resnet import ResNet
+from jaxdl.models.rnn import RNNClassifier
 from jaxdl.models.transformer import TransformerClassifier, TransformerLM
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "LeNet5",
+    "RNNClassifier",
     "ResNet",
     "TransformerBlock",
     "TransformerClassifier",
