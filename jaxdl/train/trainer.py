@@ -23,6 +23,8 @@ from jaxdl.config import MISSING, config_diff, save_config
 from jaxdl.data.pipeline import iterate_eval_batches, make_train_loader
 from jaxdl.data.record_errors import ERROR_REPORT, guard_splits, read_error_report
 from jaxdl.data.records import RecordSource
+from jaxdl.data.text_cleaning import save_report
+from jaxdl.data.tokenizer_store import save_tokenizer
 from jaxdl.errors import (
     DivergedError,
     InterruptedRun,
@@ -296,6 +298,7 @@ class Trainer:
         fingerprint = exp.fingerprint()
         if is_main_process():
             _save_config_keeping_history(cfg, self.workdir, resume_step)
+            _save_data_artifacts(exp.data.info, self.workdir)
             with open(os.path.join(self.workdir, "fingerprint.json"), "w") as handle:
                 json.dump(
                     {"digest": fingerprint_digest(fingerprint), "fields": fingerprint},
@@ -522,6 +525,16 @@ def _save_config_keeping_history(
     ):
         os.replace(path, previous)
     os.replace(tmp, path)
+
+
+def _save_data_artifacts(info: dict[str, Any], workdir: str) -> None:
+    """The fitted tokenizer (``tokenizer.json``, reloaded for evaluation, export and serving)
+    and the data cleaning report (``cleaning_report.json``), when the loader made them."""
+    tokenizer = info.get("tokenizer")
+    if tokenizer is not None and hasattr(tokenizer, "to_json"):
+        save_tokenizer(tokenizer, workdir)
+    if info.get("cleaning_report"):
+        save_report(info["cleaning_report"], workdir)
 
 
 def _truncate_log(metrics_path: str, step: int) -> None:
