@@ -15,6 +15,7 @@ from jaxdl.train import (
     make_train_step,
     sharded_state_initializer,
 )
+from tests.helpers import assert_same_training
 
 STRATEGIES = {
     "dp8": {"data": 8},
@@ -129,12 +130,7 @@ def test_sharded_training_matches_single_device(
     )
     # Tolerance: the same maths in f32 with different reduction orders (all-reduce trees, split
     # matmuls) differs by a few ulps per op; 3 steps keep that well below 1e-4.
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-5),
-        state.params,
-        ref_state.params,
-    )
+    assert_same_training(losses, ref_losses, state.params, ref_state.params)
 
 
 # Task-based runs: the batch layout, the model call and the loss come from a task, and the token
@@ -216,13 +212,7 @@ def test_task_training_matches_single_device(task_reference_runs, strategy, redu
         case, STRATEGIES[strategy], jax.devices(), batches[case], reduction_mode
     )
     # Training moved the loss, so the comparison is of real updates.
-    assert ref_losses[0] != ref_losses[-1]
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-5),
-        state.params,
-        ref_state.params,
-    )
+    assert_same_training(losses, ref_losses, state.params, ref_state.params)
 
 
 def _shard_fraction(array) -> float:
