@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|evaluate|compile|shardings|data convert``.
+"""Command line: ``jaxdl train|evaluate|generate|compile|shardings|data convert``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -31,6 +31,28 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of ints: {text!r}") from None
 
 
+def _number(kind: type, low: float, high: float = float("inf"), low_open: bool = False):
+    """An argparse type: a ``kind`` number in [low, high] (or (low, high] with ``low_open``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
+        if not (low < value if low_open else low <= value) or value > high:
+            side = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"{text} is not in {side}{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _prompt(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("the prompt is empty")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxdl", description=__doc__.splitlines()[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -47,6 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    generate = commands.add_parser(
+        "generate",
+        help="continue a prompt with a trained language model's best checkpoint",
+        allow_abbrev=False,
+    )
+    generate.add_argument("--workdir", required=True)
+    generate.add_argument("--prompt", required=True, type=_prompt)
+    generate.add_argument("--max-new-tokens", type=_number(int, 1), default=32)
+    generate.add_argument(
+        "--temperature", type=_number(float, 0), default=1.0, help="0 decodes greedily"
+    )
+    generate.add_argument("--top-k", type=_number(int, 1), help="sample from the k most likely")
+    generate.add_argument(
+        "--top-p", type=_number(float, 0, 1, low_open=True), help="nucleus sampling mass"
+    )
+    generate.add_argument("--beams", type=_number(int, 1), default=1, help="> 1: beam search")
+    generate.add_argument("--seed", type=int, default=0)
     compile_ = commands.add_parser(
         "compile",
         help="compile the train step for a device topology and report memory/FLOPs/collectives",
@@ -81,6 +120,78 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="new directory for the shards")
     convert.add_argument("--shards", type=int, help="number of shard files (default ~50k/shard)")
     return parser
+
+
+def _workdir_tokenizer(workdir: str, info: dict):
+    """The tokenizer a model was trained with: the workdir's ``tokenizer.json``, else the data
+    loader's, else bytes for byte-level data (the language-model loaders record none)."""
+    from jaxdl.data.text import BYTE_VOCAB_SIZE
+    from jaxdl.data.text_sources import ByteTokenizer
+    from jaxdl.data.tokenizer_store import TOKENIZER_FILENAME, load_tokenizer
+    from jaxdl.errors import UserError
+
+    if os.path.isfile(os.path.join(workdir, TOKENIZER_FILENAME)):
+        return load_tokenizer(workdir)
+    if info.get("tokenizer") is not None:
+        return info["tokenizer"]
+    if info.get("vocab_size") == BYTE_VOCAB_SIZE:
+        return ByteTokenizer()
+    raise UserError(f"no tokenizer for {workdir}: no {TOKENIZER_FILENAME} and none in the data")
+
+
+def _generate(args: argparse.Namespace, experiment) -> int:
+    """``jaxdl generate``: continues the prompt with the language model's best (else latest)
+    checkpoint on the experiment's mesh and prints the continuation."""
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from jaxdl.checkpoint import abstract_like
+    from jaxdl.errors import UserError
+    from jaxdl.models import TransformerLM
+    from jaxdl.models.generation import beam_search, generate
+    from jaxdl.train import Trainer
+
+    model = experiment.model
+    if not isinstance(model, TransformerLM):
+        raise UserError(f"{args.workdir} is not a language-model workdir ({type(model).__name__})")
+    tokenizer = _workdir_tokenizer(args.workdir, experiment.data.info)
+    prompt = np.asarray(tokenizer.encode(args.prompt), np.int32).reshape(1, -1)
+    if prompt.shape[1] + args.max_new_tokens > model.max_len:
+        raise UserError(
+            f"a prompt of {prompt.shape[1]} tokens leaves room for at most "
+            f"{model.max_len - prompt.shape[1]} new tokens (max_len={model.max_len})"
+        )
+    trainer = Trainer(experiment, args.workdir, quiet=True)
+    try:
+        checkpointer, abstract = trainer.checkpointer, abstract_like(trainer.state)
+        if checkpointer.best_step() is not None:
+            state, _ = checkpointer.restore_best(abstract)
+        else:
+            state, _ = checkpointer.restore_latest(abstract)
+        checkpointer.close()
+    finally:
+        trainer.release()
+    # One prompt: the batch is replicated, the model's own axes stay sharded as in training.
+    rules = (("batch", None), *experiment.rules)
+    with jax.set_mesh(experiment.mesh), nn.logical_axis_rules(rules):
+        if args.beams > 1:
+            tokens, _ = beam_search(
+                model, state.params, prompt, max_new_tokens=args.max_new_tokens, beams=args.beams
+            )
+        else:
+            tokens = generate(
+                model,
+                state.params,
+                prompt,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=None if args.top_k is None else min(args.top_k, model.vocab_size),
+                top_p=args.top_p,
+                key=jax.random.key(args.seed),
+            )
+    print(tokenizer.decode(np.asarray(tokens[0])))
+    return 0
 
 
 def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> int:
@@ -214,6 +325,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     initialize_distributed(config.get("distributed"))
     experiment = build_experiment(config)
+    if args.command == "generate":
+        return _generate(args, experiment)
     if args.command == "train":
         trainer = Trainer(experiment, args.workdir, allow_config_change=args.allow_config_change)
         trainer.fit()

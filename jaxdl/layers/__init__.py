@@ -5,7 +5,12 @@ keyword-only call argument, ``__call__(x, ..., *, train: bool)`` (``make_norm``,
 takes it when building the norm). Nothing here imports from models/train/data/cli.
 """
 
-from jaxdl.layers.attention import MultiHeadAttention, dropout_attention, segment_mask
+from jaxdl.layers.attention import (
+    CrossAttention,
+    MultiHeadAttention,
+    dropout_attention,
+    segment_mask,
+)
 from jaxdl.layers.conv import (
     CONV_BIAS_AXES,
     CONV_IMPLS,
@@ -21,6 +26,7 @@ from jaxdl.layers.embeddings import (
     Embed,
     LearnedPositionEmbedding,
     SinusoidalPositionEmbedding,
+    apply_rotary,
     sinusoidal_positions,
 )
 from jaxdl.layers.mlp import MlpBlock
@@ -40,6 +46,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "Conv",
+    "CrossAttention",
     "DepthwiseConv1D",
     "Dense",
     "classifier_head",
@@ -54,6 +61,7 @@ __all__ = [
     "RecurrentEncoder",
     "RecurrentState",
     "SinusoidalPositionEmbedding",
+    "apply_rotary",
     "TransformerBlock",
     "TransformerStack",
     "check_image_batch",

@@ -1,4 +1,10 @@
-"""Multi-head dot-product attention with logically named projections (MaxText style)."""
+"""Multi-head dot-product attention with logically named projections (MaxText style).
+
+``MultiHeadAttention`` is self-attention (bidirectional or causal, optionally grouped-query,
+rotary, and with a key/value cache for decoding); ``CrossAttention`` is the encoder-decoder
+form (queries from the decoder, keys and values from an encoder's memory). Both share the
+projections and the attention core of ``_Attention``.
+"""
 
 from collections.abc import Callable
 from typing import Any
@@ -7,12 +13,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.layers.embeddings import apply_rotary
+
 # Per-projection kernels [embed, heads, head_dim] and the output kernel [heads, head_dim, embed].
 QKV_KERNEL_AXES = ("embed", "heads", "kv")
 FUSED_QKV_KERNEL_AXES = ("embed", "qkv", "heads", "kv")
 OUT_KERNEL_AXES = ("heads", "kv", "embed")
 HEADS_ACTIVATION_AXES = ("batch", "length", "heads", "kv")
 EMBED_ACTIVATION_AXES = ("batch", "length", "embed")
+# Grouped-query attention names the key/value head axis apart from the query heads, so a rule
+# override can replicate few kv heads that do not divide the 'tensor' axis.
+KV_HEADS = "kv_heads"
 
 
 def segment_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array | None = None) -> jax.Array:
@@ -42,11 +53,15 @@ def dropout_attention(
 
     ``jax.nn.dot_product_attention`` has no probability dropout, so training with attention
     dropout uses this path; logits and softmax are float32 whatever the input dtype.
-    q/k/v: [batch, length, heads, head_dim]; mask: boolean, broadcastable to
-    [batch, heads, q_length, kv_length] (True = attend); ``dropout``: applied to the
-    probabilities, typically an active ``nn.Dropout``.
+    query: [batch, q_length, heads, head_dim]; key/value: [batch, kv_length, kv_heads,
+    head_dim], where fewer kv heads mean grouped-query attention (query head n reads kv head
+    ``n // (heads // kv_heads)``, as in ``jax.nn.dot_product_attention``); mask: boolean,
+    broadcastable to [batch, heads, q_length, kv_length] (True = attend); ``dropout``: applied
+    to the probabilities, typically an active ``nn.Dropout``.
     Returns [batch, q_length, heads, head_dim] in ``value.dtype``.
     """
+    groups = query.shape[2] // key.shape[2]
+    key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
     scale = query.shape[-1] ** -0.5
     logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32) * scale
     q_len, kv_len = query.shape[1], key.shape[1]
@@ -61,18 +76,21 @@ def dropout_attention(
     return jnp.einsum("bnts,bsnh->btnh", probs, value)
 
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention: [batch, length, embed] -> [batch, length, embed].
+def _check_per_token(
+    name: str, array: jax.Array | None, shape: tuple[int, ...], kind: type
+) -> None:
+    """Raise unless ``array`` (if given) is shaped ``shape`` with a dtype of ``kind``."""
+    if array is not None and (array.shape != shape or not jnp.issubdtype(array.dtype, kind)):
+        kind_name = "bool" if kind is jnp.bool_ else "int"
+        raise ValueError(f"{name} must be {kind_name} {shape}, got {array.dtype} {array.shape}")
 
-    Parameters: ``query``/``key``/``value`` kernels [embed, heads, head_dim] named
-    ('embed','heads','kv') with biases ('heads','kv') — or, with ``qkv_fused``, one ``qkv``
-    kernel [embed, 3, heads, head_dim] named ('embed','qkv','heads','kv') — and an ``out``
-    kernel [heads, head_dim, embed] named ('heads','kv','embed') with bias ('embed',).
-    Under the default rules heads are split over 'tensor' (Megatron) and embed over 'fsdp'.
 
-    Attention runs through ``jax.nn.dot_product_attention`` (float32 logits and softmax even
-    for bf16 inputs; cuDNN-capable); when training with ``dropout_rate > 0`` the einsum path
-    ``dropout_attention`` applies dropout to the attention probabilities.
+class _Attention(nn.Module):
+    """Projections and attention core shared by ``MultiHeadAttention`` and ``CrossAttention``.
+
+    ``num_kv_heads`` (default ``num_heads``; must divide it) gives grouped-query attention:
+    the key/value kernels are [embed, kv_heads, head_dim], their head axis named 'kv_heads'
+    when grouped (else 'heads', the plain multi-head layout).
     """
 
     num_heads: int
@@ -80,20 +98,36 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     dropout_rate: float = 0.0
-    causal: bool = False
-    qkv_fused: bool = False
     use_bias: bool = True
+    num_kv_heads: int | None = None
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
         if self.num_heads < 1 or self.head_dim < 1:
             raise ValueError(
-                f"MultiHeadAttention needs num_heads >= 1 and head_dim >= 1, "
+                f"{type(self).__name__} needs num_heads >= 1 and head_dim >= 1, "
                 f"got {self.num_heads} and {self.head_dim}"
+            )
+        if self.num_kv_heads is not None and (
+            self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads
+        ):
+            raise ValueError(
+                f"num_kv_heads={self.num_kv_heads} must be >= 1 and divide "
+                f"num_heads={self.num_heads}"
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"attention dropout_rate must be in [0, 1), got {self.dropout_rate}")
         super().__post_init__()
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def kv_head_axis(self) -> str:
+        """Logical name of the key/value head axis: 'heads' unless grouped ('kv_heads')."""
+        return "heads" if self.kv_heads == self.num_heads else KV_HEADS
 
     def _projection(
         self,
@@ -123,66 +157,194 @@ class MultiHeadAttention(nn.Module):
             name=name,
         )
 
+    def _heads(self, name: str, x: jax.Array) -> jax.Array:
+        """Project ``x`` [B, T, E] to the heads of ``name`` ('query', 'key' or 'value'):
+        [B, T, heads, head_dim], or [B, T, kv_heads, head_dim] for keys and values."""
+        head_axis, count = ("heads", self.num_heads)
+        if name != "query":
+            head_axis, count = self.kv_head_axis, self.kv_heads
+        axes = ("embed", head_axis, "kv")
+        shape = (x.shape[-1], count, self.head_dim)
+        out = self._projection("bte,end->btnd", shape, axes, (0,), name)(x)
+        return nn.with_logical_constraint(out, ("batch", "length", head_axis, "kv"))
+
+    def _attend(
+        self,
+        query: jax.Array,
+        key: jax.Array,
+        value: jax.Array,
+        mask: jax.Array | None,
+        *,
+        causal: bool,
+        train: bool,
+        features: int,
+    ) -> jax.Array:
+        """Attention of query heads [B, T, N, D] over key/value heads [B, S, K, D], then the
+        ``out`` projection to [B, T, features]; ``mask`` broadcastable to [B, N, T, S]."""
+        if train and self.dropout_rate > 0:
+            dropout = nn.Dropout(self.dropout_rate, deterministic=False)
+            out = dropout_attention(query, key, value, mask, causal=causal, dropout=dropout)
+        else:
+            out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal)
+        out = nn.with_logical_constraint(out, HEADS_ACTIVATION_AXES)
+        shape = (self.num_heads, self.head_dim, features)
+        out = self._projection("btnd,nde->bte", shape, OUT_KERNEL_AXES, (0, 1), "out")(out)
+        return nn.with_logical_constraint(out, EMBED_ACTIVATION_AXES)
+
+
+class MultiHeadAttention(_Attention):
+    """Multi-head self-attention: [batch, length, embed] -> [batch, length, embed].
+
+    Parameters: ``query``/``key``/``value`` kernels [embed, heads, head_dim] named
+    ('embed','heads','kv') with biases ('heads','kv') — or, with ``qkv_fused``, one ``qkv``
+    kernel [embed, 3, heads, head_dim] named ('embed','qkv','heads','kv') — and an ``out``
+    kernel [heads, head_dim, embed] named ('heads','kv','embed') with bias ('embed',).
+    Under the default rules heads are split over 'tensor' (Megatron) and embed over 'fsdp'.
+    With ``num_kv_heads`` < ``num_heads`` (grouped-query attention) the key/value kernels are
+    [embed, kv_heads, head_dim] named ('embed','kv_heads','kv'). ``rotary`` rotates queries
+    and keys by their positions (``apply_rotary``, RoPE) instead of a position table.
+
+    Attention runs through ``jax.nn.dot_product_attention`` (float32 logits and softmax even
+    for bf16 inputs; cuDNN-capable); when training with ``dropout_rate > 0`` the einsum path
+    ``dropout_attention`` applies dropout to the attention probabilities.
+
+    Decoding (``decode=True``, causal only) keeps keys and values in the 'cache' collection:
+    ``cached_key``/``cached_value`` [batch, cache_length, kv_heads, head_dim] named
+    ('batch','length',<kv head axis>,'kv') and the next write position ``cache_index``.
+    ``init`` with ``decode=True`` sizes the cache by the input's length; each later call
+    (with ``mutable=['cache']``) appends its tokens and attends over everything cached so far.
+    """
+
+    causal: bool = False
+    qkv_fused: bool = False
+    rotary: bool = False
+
+    def __post_init__(self) -> None:
+        """Validate hyper-parameters at construction so bad configs fail early."""
+        if self.qkv_fused and self.num_kv_heads not in (None, self.num_heads):
+            raise ValueError("qkv_fused needs num_kv_heads == num_heads")
+        if self.rotary and self.head_dim % 2:
+            raise ValueError(f"rotary attention needs an even head_dim, got {self.head_dim}")
+        super().__post_init__()
+
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
         padding_mask: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
         *,
         train: bool,
+        decode: bool = False,
     ) -> jax.Array:
         """Attend over ``x`` [batch, length, embed].
 
         ``padding_mask`` [batch, length] bool (True = real token) hides padded keys;
         ``segment_ids`` [batch, length] int (packed sequences, see ``segment_mask``) limits
         each query to keys of its own sequence; with ``causal`` each position sees only itself
-        and earlier positions. ``train`` enables attention-probability dropout (needs a
-        'dropout' rng).
+        and earlier positions. ``positions`` [batch, length] int feed ``rotary`` (default
+        0..length-1, or from the cache index when decoding; packed sequences restart at 0).
+        ``train`` enables attention-probability dropout (needs a 'dropout' rng); ``decode``
+        attends through the key/value cache (rows must be unpadded and unpacked).
         """
         if x.ndim != 3:
             raise ValueError(f"MultiHeadAttention expects [batch, length, embed], got {x.shape}")
-        if padding_mask is not None and (
-            padding_mask.shape != x.shape[:2] or padding_mask.dtype != jnp.bool_
-        ):
-            raise ValueError(
-                f"padding_mask must be bool {x.shape[:2]}, "
-                f"got {padding_mask.dtype} {padding_mask.shape}"
-            )
-        if segment_ids is not None and (
-            segment_ids.shape != x.shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer)
-        ):
-            raise ValueError(
-                f"segment_ids must be int {x.shape[:2]}, "
-                f"got {segment_ids.dtype} {segment_ids.shape}"
-            )
-        embed, heads = x.shape[-1], (self.num_heads, self.head_dim)
+        _check_per_token("padding_mask", padding_mask, x.shape[:2], jnp.bool_)
+        _check_per_token("segment_ids", segment_ids, x.shape[:2], jnp.integer)
+        _check_per_token("positions", positions, x.shape[:2], jnp.integer)
+        if decode and (not self.causal or padding_mask is not None or segment_ids is not None):
+            raise ValueError("decode needs causal attention without padding_mask/segment_ids")
         if self.qkv_fused:
+            embed, heads = x.shape[-1], (self.num_heads, self.head_dim)
             qkv = self._projection(
                 "bte,ecnd->btcnd", (embed, 3, *heads), FUSED_QKV_KERNEL_AXES, (0,), "qkv"
             )(x)
-            query, key, value = (qkv[:, :, i] for i in range(3))
-        else:
             query, key, value = (
-                self._projection("bte,end->btnd", (embed, *heads), QKV_KERNEL_AXES, (0,), name)(x)
-                for name in ("query", "key", "value")
+                nn.with_logical_constraint(qkv[:, :, i], HEADS_ACTIVATION_AXES) for i in range(3)
             )
-        query, key, value = (
-            nn.with_logical_constraint(t, HEADS_ACTIVATION_AXES) for t in (query, key, value)
-        )
+        else:
+            query, key, value = (self._heads(name, x) for name in ("query", "key", "value"))
 
         mask = None if padding_mask is None else padding_mask[:, None, None, :]
         if segment_ids is not None:
             same_segment = segment_mask(segment_ids)
             mask = same_segment if mask is None else mask & same_segment
-        if train and self.dropout_rate > 0:
-            dropout = nn.Dropout(self.dropout_rate, deterministic=False)
-            out = dropout_attention(query, key, value, mask, causal=self.causal, dropout=dropout)
-        else:
-            out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=self.causal)
-        out = nn.with_logical_constraint(out, HEADS_ACTIVATION_AXES)
-
-        out = self._projection("btnd,nde->bte", (*heads, embed), OUT_KERNEL_AXES, (0, 1), "out")(
-            out
+        cache = self._cache(key) if decode else None
+        if self.rotary:
+            if positions is None:
+                start = 0 if cache is None else cache[2].value
+                positions = start + jnp.arange(x.shape[1])[None]
+            query, key = apply_rotary(query, positions), apply_rotary(key, positions)
+        causal = self.causal
+        if cache is not None:
+            key, value, mask = self._append_to_cache(cache, key, value)
+            causal = False  # the cache mask is causal already
+        return self._attend(
+            query, key, value, mask, causal=causal, train=train, features=x.shape[-1]
         )
-        return nn.with_logical_constraint(out, EMBED_ACTIVATION_AXES)
+
+    def _cache(self, key: jax.Array) -> tuple[nn.Variable, nn.Variable, nn.Variable] | None:
+        """The decoding cache variables (key, value, index), created shaped like ``key`` on
+        the first (``init``) call, which returns None: that call attends as without a cache."""
+        initialised = self.has_variable("cache", "cached_key")
+        axes = ("batch", "length", self.kv_head_axis, "kv")
+        zeros = nn.with_logical_partitioning(jnp.zeros, axes)
+        cached_key = self.variable("cache", "cached_key", zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", zeros, key.shape, key.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        return (cached_key, cached_value, index) if initialised else None
+
+    def _append_to_cache(
+        self, cache: tuple[nn.Variable, nn.Variable, nn.Variable], key: jax.Array, value: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Write this call's keys/values [B, L, K, D] at the cache index and advance it.
+
+        Returns the whole cached key and value [B, S, K, D] and the mask [1, 1, L, S] letting
+        the query at position ``index + t`` see the cached positions up to its own.
+        """
+        cached_key, cached_value, index = cache
+        start, length = index.value, key.shape[1]
+        axes = ("batch", "length", self.kv_head_axis, "kv")
+        for variable, new in ((cached_key, key), (cached_value, value)):
+            updated = jax.lax.dynamic_update_slice(variable.value, new, (0, start, 0, 0))
+            variable.value = nn.with_logical_constraint(updated, axes)
+        index.value = start + length
+        query_positions = start + jnp.arange(length)
+        mask = jnp.arange(cached_key.value.shape[1])[None, :] <= query_positions[:, None]
+        return cached_key.value, cached_value.value, mask[None, None]
+
+
+class CrossAttention(_Attention):
+    """Encoder-decoder attention: queries from ``x`` [batch, length, embed], keys and values
+    from an encoder's ``memory`` [batch, memory_length, memory_embed]; returns [batch, length,
+    embed].
+
+    The same parameter layout as ``MultiHeadAttention`` (``query`` [embed, heads, head_dim],
+    ``key``/``value`` [memory_embed, kv_heads, head_dim], ``out`` [heads, head_dim, embed]),
+    grouped-query attention included; no causal mask (every query sees all the memory).
+    """
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        memory: jax.Array,
+        memory_mask: jax.Array | None = None,
+        *,
+        train: bool,
+    ) -> jax.Array:
+        """Attend from ``x`` over ``memory``; ``memory_mask`` [batch, memory_length] bool
+        (True = real token) hides padded memory. ``train`` enables attention dropout."""
+        if x.ndim != 3 or memory.ndim != 3 or memory.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"CrossAttention expects x [batch, length, embed] and memory [batch, "
+                f"memory_length, memory_embed], got {x.shape} and {memory.shape}"
+            )
+        _check_per_token("memory_mask", memory_mask, memory.shape[:2], jnp.bool_)
+        query = self._heads("query", x)
+        key, value = self._heads("key", memory), self._heads("value", memory)
+        mask = None if memory_mask is None else memory_mask[:, None, None, :]
+        return self._attend(
+            query, key, value, mask, causal=False, train=train, features=x.shape[-1]
+        )

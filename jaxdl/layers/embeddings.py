@@ -135,3 +135,25 @@ class SinusoidalPositionEmbedding(nn.Module):
             table = sinusoidal_positions(self.max_len or x.shape[1], x.shape[2])
             out = x + jnp.asarray(table, x.dtype)[positions]
         return nn.with_logical_constraint(out, EMBED_ACTIVATION_AXES)
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, max_timescale: float = 1e4) -> jax.Array:
+    """Rotary position embedding (RoPE, Su et al. 2021) of per-head queries or keys.
+
+    ``x`` [batch, length, heads, head_dim] (even head_dim); ``positions`` int [batch or 1,
+    length]. Feature pairs (i, i + head_dim/2) rotate by ``position * max_timescale ** (-2i /
+    head_dim)`` (the half-split layout of GPT-NeoX and Hugging Face Llama), so a query-key
+    product depends on positions only through their difference. Computed in float32; returns
+    ``x.dtype``. No parameters: the position information lives in the attention itself.
+    """
+    if x.ndim != 4 or x.shape[-1] % 2:
+        raise ValueError(
+            f"apply_rotary expects [batch, length, heads, even head_dim], got {x.shape}"
+        )
+    half = x.shape[-1] // 2
+    inv_freq = max_timescale ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions[..., None, None].astype(jnp.float32) * inv_freq  # [B, T, 1, half]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x.dtype)

@@ -8,8 +8,10 @@ import jax.numpy as jnp
 
 from jaxdl.layers.dense import Dense
 
-# nn.gelu defaults to the tanh approximation, as GPT-2 and BERT use.
-MLP_ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu}
+# nn.gelu defaults to the tanh approximation, as GPT-2 and BERT use. A gated activation
+# multiplies the activated gate projection by a second, linear one.
+MLP_ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu, "swiglu": nn.silu}
+GATED_ACTIVATIONS = ("swiglu",)
 
 
 class MlpBlock(nn.Module):
@@ -18,6 +20,8 @@ class MlpBlock(nn.Module):
     ``wi`` [embed, mlp_dim] named ('embed','mlp') -> activation -> dropout -> ``wo``
     [mlp_dim, embed] named ('mlp','embed'): under the default rules a Megatron column-then-row
     split over 'tensor'. The hidden activation is constrained to ('batch','length','mlp').
+    ``activation='swiglu'`` (Shazeer 2020, as in Llama) replaces ``wi`` by two projections of
+    the same shape and names, ``wi_gate`` and ``wi_up``: hidden = silu(x wi_gate) * (x wi_up).
     """
 
     mlp_dim: int
@@ -52,8 +56,13 @@ class MlpBlock(nn.Module):
             "param_dtype": self.param_dtype,
             "kernel_init": self.kernel_init,
         }
-        h = Dense(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi", **dense)(x)
-        h = MLP_ACTIVATIONS[self.activation](h)
+        activation = MLP_ACTIVATIONS[self.activation]
+        if self.activation in GATED_ACTIVATIONS:
+            gate = Dense(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi_gate", **dense)(x)
+            up = Dense(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi_up", **dense)(x)
+            h = activation(gate) * up
+        else:
+            h = activation(Dense(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi", **dense)(x))
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         out = Dense(x.shape[-1], kernel_axes=("mlp", "embed"), name="wo", **dense)(h)

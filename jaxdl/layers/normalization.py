@@ -7,7 +7,7 @@ import jax
 
 from jaxdl.parallel.gradients import batch_axes
 
-NORM_KINDS = ("batch", "group", "layer", "none")
+NORM_KINDS = ("batch", "group", "layer", "rms", "none")
 
 # torch's default epsilon, so ported weights behave the same.
 _EPSILON = 1e-5
@@ -73,7 +73,8 @@ def make_norm(
 
     Args:
       kind: 'batch' (running stats in the 'batch_stats' collection, momentum 0.9, eps 1e-5),
-        'group' (``num_groups`` clipped to divide the channels), 'layer', or 'none' (identity).
+        'group' (``num_groups`` clipped to divide the channels), 'layer', 'rms' (RMSNorm:
+        scale only, no centring, as in T5 and Llama), or 'none' (identity).
       axis_name: logical name of the normalised feature axis, given to scale and bias,
         e.g. 'conv_out' for conv feature maps or 'embed'/'mlp' for dense features.
         (This is a logical sharding name, not a pmap axis name.)
@@ -114,6 +115,14 @@ def make_norm(
             # In a data-parallel manual region each device holds part of the batch: average
             # the statistics over it so they are the global batch's.
             axis_name=batch_axes() if train else None,
+            name=name,
+        )
+    if kind == "rms":
+        return nn.RMSNorm(
+            epsilon=_EPSILON,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            scale_init=named_scale,
             name=name,
         )
     return nn.LayerNorm(

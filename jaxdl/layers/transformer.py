@@ -1,4 +1,4 @@
-"""Pre-LayerNorm Transformer block and block stack with logically named parameters.
+"""Pre-norm Transformer block and block stack with logically named parameters.
 
 Built for scaling the MaxText way: every parameter and activation carries logical axis names;
 ``scan_layers`` stacks the blocks with ``nn.scan`` (one compiled block, so compile time does not
@@ -25,7 +25,9 @@ class TransformerBlock(nn.Module):
     """Pre-LN block: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))); [B, T, E] -> [B, T, E].
 
     Parameters: ``attn_norm``, ``attention`` (a MultiHeadAttention with head_dim E / num_heads),
-    ``mlp_norm`` and ``mlp`` (an MlpBlock).
+    ``mlp_norm`` and ``mlp`` (an MlpBlock). Variants: ``norm`` ('layer' or 'rms', see
+    ``make_norm``), ``mlp_activation`` (an ``MLP_ACTIVATIONS`` name, e.g. 'swiglu'),
+    ``num_kv_heads`` (grouped-query attention) and ``rotary`` (RoPE on queries and keys).
     """
 
     num_heads: int
@@ -34,6 +36,10 @@ class TransformerBlock(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    norm: str = "layer"
+    mlp_activation: str = "gelu"
+    num_kv_heads: int | None = None
+    rotary: bool = False
 
     @nn.compact
     def __call__(
@@ -41,19 +47,22 @@ class TransformerBlock(nn.Module):
         x: jax.Array,
         padding_mask: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
         *,
         train: bool,
+        decode: bool = False,
     ) -> jax.Array:
         """Apply the block to ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = real token)
         hides padded keys; ``segment_ids`` [B, T] int keeps packed sequences apart (see
-        ``segment_mask``); ``train`` enables dropout (needs a 'dropout' rng)."""
+        ``segment_mask``); ``positions`` [B, T] int feed rotary attention; ``train`` enables
+        dropout (needs a 'dropout' rng); ``decode`` attends through the key/value cache."""
         if x.shape[-1] % self.num_heads:
             raise ValueError(
                 f"embed dim {x.shape[-1]} is not divisible by num_heads={self.num_heads}"
             )
         norm = functools.partial(
             make_norm,
-            "layer",
+            self.norm,
             axis_name="embed",
             train=train,
             dtype=self.dtype,
@@ -69,13 +78,16 @@ class TransformerBlock(nn.Module):
             param_dtype=self.param_dtype,
             dropout_rate=self.dropout_rate,
             causal=self.causal,
+            num_kv_heads=self.num_kv_heads,
+            rotary=self.rotary,
             name="attention",
-        )(y, padding_mask, segment_ids, train=train)
+        )(y, padding_mask, segment_ids, positions, train=train, decode=decode)
         x = nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
 
         y = norm(name="mlp_norm")(x)
         y = MlpBlock(
             self.mlp_dim,
+            activation=self.mlp_activation,
             dropout_rate=self.dropout_rate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -89,23 +101,29 @@ def _apply_block(
     x: jax.Array,
     padding_mask: jax.Array | None,
     segment_ids: jax.Array | None,
+    positions: jax.Array | None,
     train: bool,
+    decode: bool,
     *,
     remat_policy: str,
     prevent_cse: bool,
 ) -> jax.Array:
-    """``block(x, padding_mask, segment_ids, train=train)``, rematerialised unless
-    ``remat_policy='none'`` (then, in a data-parallel manual region, only its gathered
-    parameters are: they are gathered again for the backward pass instead of kept)."""
+    """``block(x, padding_mask, segment_ids, positions, train=train, decode=decode)``,
+    rematerialised unless ``remat_policy='none'`` (then, in a data-parallel manual region, only
+    its gathered parameters are: they are gathered again for the backward pass instead of kept)
+    or decoding (inference keeps no activations for a backward pass)."""
+    if decode:
+        return block(x, padding_mask, segment_ids, positions, train=train, decode=True)
     if remat_policy == "none":
         if not (train and batch_axes()):
-            return block(x, padding_mask, segment_ids, train=train)
+            return block(x, padding_mask, segment_ids, positions, train=train)
         remat_policy = REGATHER
     return remat_call(
         block,
         x,
         padding_mask,
         segment_ids,
+        positions,
         train=train,
         policy=remat_policy,
         prevent_cse=prevent_cse,
@@ -113,11 +131,13 @@ def _apply_block(
 
 
 class TransformerStack(nn.Module):
-    """``num_layers`` TransformerBlocks then a final LayerNorm: [B, T, E] -> [B, T, E].
+    """``num_layers`` TransformerBlocks then a final norm: [B, T, E] -> [B, T, E].
 
     With ``scan_layers`` the blocks live under ``layers`` with a leading [num_layers] axis
-    named 'layers'; otherwise under ``layers_0`` ... ``layers_{n-1}``. ``remat_policy``
-    (one of REMAT_POLICIES, 'none' = no remat) wraps each block in ``nn.remat``.
+    named 'layers' (decoding caches too); otherwise under ``layers_0`` ... ``layers_{n-1}``.
+    ``remat_policy`` (one of REMAT_POLICIES, 'none' = no remat) wraps each block in
+    ``nn.remat``. ``norm``, ``mlp_activation``, ``num_kv_heads`` and ``rotary`` configure
+    every block (see TransformerBlock); ``norm`` also picks the final norm.
     """
 
     num_layers: int
@@ -129,6 +149,10 @@ class TransformerStack(nn.Module):
     param_dtype: Any = jnp.float32
     scan_layers: bool = True
     remat_policy: str = "none"
+    norm: str = "layer"
+    mlp_activation: str = "gelu"
+    num_kv_heads: int | None = None
+    rotary: bool = False
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -147,11 +171,14 @@ class TransformerStack(nn.Module):
         x: jax.Array,
         padding_mask: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
         *,
         train: bool,
+        decode: bool = False,
     ) -> jax.Array:
         """Run the blocks over ``x`` [B, T, E]; ``padding_mask`` [B, T] bool (True = token);
-        ``segment_ids`` [B, T] int (0 = padding) keeps packed sequences apart."""
+        ``segment_ids`` [B, T] int (0 = padding) keeps packed sequences apart; ``positions``
+        [B, T] int feed rotary attention; ``decode`` runs through the key/value caches."""
         block_kwargs = {
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
@@ -159,19 +186,25 @@ class TransformerStack(nn.Module):
             "dropout_rate": self.dropout_rate,
             "dtype": self.dtype,
             "param_dtype": self.param_dtype,
+            "norm": self.norm,
+            "mlp_activation": self.mlp_activation,
+            "num_kv_heads": self.num_kv_heads,
+            "rotary": self.rotary,
         }
         if self.scan_layers:
             # nn.scan's body maps (carry, *broadcast inputs) -> (carry, per-step output); the
-            # block itself keeps its plain signature. padding_mask, segment_ids and the Python
-            # bool train are broadcast (the same for every layer); prevent_cse is only needed
-            # outside scan (MaxText does the same).
-            def scan_body(block, carry, mask, segments, train_):
+            # block itself keeps its plain signature. padding_mask, segment_ids, positions and
+            # the Python bools train and decode are broadcast (the same for every layer);
+            # prevent_cse is only needed outside scan (MaxText does the same).
+            def scan_body(block, carry, mask, segments, positions_, train_, decode_):
                 out = _apply_block(
                     block,
                     carry,
                     mask,
                     segments,
+                    positions_,
                     train_,
+                    decode_,
                     remat_policy=self.remat_policy,
                     prevent_cse=False,
                 )
@@ -179,14 +212,14 @@ class TransformerStack(nn.Module):
 
             scanned = nn.scan(
                 scan_body,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast,) * 5,
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             block = TransformerBlock(**block_kwargs, name="layers")
-            x, _ = scanned(block, x, padding_mask, segment_ids, train)
+            x, _ = scanned(block, x, padding_mask, segment_ids, positions, train, decode)
         else:
             for i in range(self.num_layers):
                 block = TransformerBlock(**block_kwargs, name=f"layers_{i}")
@@ -195,12 +228,14 @@ class TransformerStack(nn.Module):
                     x,
                     padding_mask,
                     segment_ids,
+                    positions,
                     train,
+                    decode,
                     remat_policy=self.remat_policy,
                     prevent_cse=True,
                 )
         return make_norm(
-            "layer",
+            self.norm,
             axis_name="embed",
             train=train,
             dtype=self.dtype,

@@ -1,7 +1,10 @@
-"""Pre-LayerNorm Transformers: a causal language model and a sequence classifier.
+"""Pre-norm Transformers: a causal language model and a sequence classifier.
 
 Both embed tokens and run a ``jaxdl.layers.TransformerStack`` (see there for ``scan_layers``
-and ``remat_policy``); every parameter and activation carries logical axis names.
+and ``remat_policy``); every parameter and activation carries logical axis names. Switches
+shared by both (their defaults give the GPT-2 layout): ``norm`` ('layer' | 'rms'),
+``mlp_activation`` ('gelu' | 'swiglu' | ...), ``position_embedding`` ('learned' |
+'sinusoidal' | 'rotary') and ``num_kv_heads`` (grouped-query attention; None = num_heads).
 """
 
 import functools
@@ -20,37 +23,48 @@ from jaxdl.layers import (
     TransformerStack,
     classifier_head,
 )
+from jaxdl.layers.mlp import MLP_ACTIVATIONS
 from jaxdl.layers.remat import REMAT_POLICIES
 from jaxdl.models.registry import register_model
 
 # TransformerBlock and TransformerStack live in jaxdl.layers; re-exported here for existing imports.
 __all__ = ["TransformerBlock", "TransformerClassifier", "TransformerLM", "TransformerStack"]
 
-POSITION_EMBEDDINGS = ("learned", "sinusoidal")
+POSITION_EMBEDDINGS = ("learned", "sinusoidal", "rotary")
 POOLINGS = ("mean", "cls")
+TRANSFORMER_NORMS = ("layer", "rms")
 
 
-def _check_config(model: str, **fields: Any) -> None:
+def _check_config(model: nn.Module) -> None:
     """Shared construction-time checks of TransformerLM/TransformerClassifier hyper-parameters."""
+    kind = type(model).__name__
     for name in ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len"):
-        if fields[name] < 1:
-            raise ValueError(f"{model} {name} must be >= 1, got {fields[name]}")
-    if fields["embed_dim"] % fields["num_heads"]:
+        if getattr(model, name) < 1:
+            raise ValueError(f"{kind} {name} must be >= 1, got {getattr(model, name)}")
+    if model.embed_dim % model.num_heads:
         raise ValueError(
-            f"{model} embed_dim={fields['embed_dim']} is not divisible by "
-            f"num_heads={fields['num_heads']}"
+            f"{kind} embed_dim={model.embed_dim} is not divisible by num_heads={model.num_heads}"
         )
-    if not 0.0 <= fields["dropout_rate"] < 1.0:
-        raise ValueError(f"{model} dropout_rate must be in [0, 1), got {fields['dropout_rate']}")
-    if fields["remat_policy"] not in REMAT_POLICIES:
+    if not 0.0 <= model.dropout_rate < 1.0:
+        raise ValueError(f"{kind} dropout_rate must be in [0, 1), got {model.dropout_rate}")
+    for name, choices in (
+        ("remat_policy", REMAT_POLICIES),
+        ("position_embedding", POSITION_EMBEDDINGS),
+        ("norm", TRANSFORMER_NORMS),
+        ("mlp_activation", tuple(MLP_ACTIVATIONS)),
+    ):
+        if getattr(model, name) not in choices:
+            raise ValueError(
+                f"{kind} {name} must be one of {choices}, got {getattr(model, name)!r}"
+            )
+    kv_heads = model.num_kv_heads
+    if kv_heads is not None and (kv_heads < 1 or model.num_heads % kv_heads):
         raise ValueError(
-            f"{model} remat_policy must be one of {REMAT_POLICIES}, got {fields['remat_policy']!r}"
+            f"{kind} num_kv_heads={kv_heads} must be >= 1 and divide num_heads={model.num_heads}"
         )
-    if fields["position_embedding"] not in POSITION_EMBEDDINGS:
-        raise ValueError(
-            f"{model} position_embedding must be one of {POSITION_EMBEDDINGS}, "
-            f"got {fields['position_embedding']!r}"
-        )
+    head_dim = model.embed_dim // model.num_heads
+    if model.position_embedding == "rotary" and head_dim % 2:
+        raise ValueError(f"{kind} rotary positions need an even head dim, got {head_dim}")
 
 
 def _check_tokens(tokens: jax.Array, max_len: int, model: str) -> None:
@@ -93,13 +107,15 @@ def _embed_and_encode(
     name: str,
     segment_ids: jax.Array | None = None,
     positions: jax.Array | None = None,
+    decode: bool = False,
 ) -> tuple[jax.Array, Embed]:
     """Token + position embedding, dropout and the block stack shared by the LM and classifier.
 
     Called from ``model``'s compact ``__call__`` (submodules attach to it), reading its fields.
     ``segment_ids``/``positions`` [B, T] describe packed sequences (None: one sequence per row
-    at positions 0..T-1). Returns the stack output [B, T, E] and the token embedding (for tied
-    output projections).
+    at positions 0..T-1); rotary positions are applied in attention, the others added here.
+    ``decode`` runs the stack through its key/value caches. Returns the stack output
+    [B, T, E] and the token embedding (for tied output projections).
     """
     embed = Embed(
         model.vocab_size,
@@ -109,7 +125,11 @@ def _embed_and_encode(
         name="token_embed",
     )
     x = embed(tokens)
-    x = _embed_positions(model.position_embedding, model.max_len, model.param_dtype)(x, positions)
+    rotary = model.position_embedding == "rotary"
+    if not rotary:
+        x = _embed_positions(model.position_embedding, model.max_len, model.param_dtype)(
+            x, positions
+        )
     x = nn.Dropout(model.dropout_rate, deterministic=not train)(x)
     x = TransformerStack(
         num_layers=model.num_layers,
@@ -121,8 +141,12 @@ def _embed_and_encode(
         param_dtype=model.param_dtype,
         scan_layers=model.scan_layers,
         remat_policy=model.remat_policy,
+        norm=model.norm,
+        mlp_activation=model.mlp_activation,
+        num_kv_heads=model.num_kv_heads,
+        rotary=rotary,
         name=name,
-    )(x, padding_mask, segment_ids, train=train)
+    )(x, padding_mask, segment_ids, positions, train=train, decode=decode)
     return x, embed
 
 
@@ -134,6 +158,7 @@ class TransformerLM(nn.Module):
     tied token table (``tie_embeddings``) or an untied ``lm_head`` [embed, vocab] named
     ('embed','vocab'). ``dtype`` is the compute dtype (e.g. bf16); logits are always float32.
     Packed rows (several sequences per row) pass ``segment_ids`` and ``positions``.
+    ``decode=True`` runs through key/value caches for generation (``jaxdl.models.generation``).
     """
 
     vocab_size: int
@@ -149,21 +174,13 @@ class TransformerLM(nn.Module):
     scan_layers: bool = True
     remat_policy: str = "none"
     position_embedding: str = "learned"
+    norm: str = "layer"
+    mlp_activation: str = "gelu"
+    num_kv_heads: int | None = None
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
-        _check_config(
-            "TransformerLM",
-            vocab_size=self.vocab_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            embed_dim=self.embed_dim,
-            mlp_dim=self.mlp_dim,
-            max_len=self.max_len,
-            dropout_rate=self.dropout_rate,
-            remat_policy=self.remat_policy,
-            position_embedding=self.position_embedding,
-        )
+        _check_config(self)
         super().__post_init__()
 
     @nn.compact
@@ -174,6 +191,7 @@ class TransformerLM(nn.Module):
         segment_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
         train: bool,
+        decode: bool = False,
     ) -> jax.Array:
         """Next-token logits [B, T, vocab] (float32) for ``tokens`` [B, T]; position t sees
         tokens 0..t only.
@@ -183,9 +201,15 @@ class TransformerLM(nn.Module):
         sequence, < max_len) pick the position embeddings, so every packed sequence gets the
         logits it would get alone. None (the default) means one sequence per row at positions
         0..T-1. ``train`` enables dropout (needs a 'dropout' rng).
+
+        ``decode``: ``init`` sizes the key/value caches ('cache' collection) by the length of
+        ``tokens``; each ``apply`` with ``mutable=['cache']`` then appends ``tokens`` (unpacked,
+        unpadded rows) at their explicit ``positions``, which must continue the cached ones.
         """
         _check_tokens(tokens, self.max_len, "TransformerLM")
         _check_packing(tokens, "TransformerLM", segment_ids=segment_ids, positions=positions)
+        if decode and positions is None:
+            raise ValueError("TransformerLM decode needs the tokens' positions")
         x, embed = _embed_and_encode(
             self,
             tokens,
@@ -195,6 +219,7 @@ class TransformerLM(nn.Module):
             name="decoder",
             segment_ids=segment_ids,
             positions=positions,
+            decode=decode,
         )
         if self.tie_embeddings:
             logits = embed.attend(x)
@@ -236,21 +261,13 @@ class TransformerClassifier(nn.Module):
     scan_layers: bool = True
     remat_policy: str = "none"
     position_embedding: str = "learned"
+    norm: str = "layer"
+    mlp_activation: str = "gelu"
+    num_kv_heads: int | None = None
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
-        _check_config(
-            "TransformerClassifier",
-            vocab_size=self.vocab_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            embed_dim=self.embed_dim,
-            mlp_dim=self.mlp_dim,
-            max_len=self.max_len,
-            dropout_rate=self.dropout_rate,
-            remat_policy=self.remat_policy,
-            position_embedding=self.position_embedding,
-        )
+        _check_config(self)
         if self.num_classes < 1:
             raise ValueError(
                 f"TransformerClassifier num_classes must be >= 1, got {self.num_classes}"

@@ -28,6 +28,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # Parameters: tensor-parallel (Megatron column/row) names first ...
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query key/value heads; override with None if too few
     ("vocab", "tensor"),
     ("conv_out", "tensor"),
     # ... then FSDP shards the remaining large dimension of each kernel.
