@@ -13,13 +13,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from jaxdl.errors import ConfigError, DataError
-from jaxdl.layers.attention import MultiHeadAttention
 from jaxdl.models.hf_import import (
-    BERT_RULES,
-    abstract_params,
+    import_bert,
     import_gpt2,
     load_safetensors,
-    map_tensors,
     save_as_jaxdl_init,
 )
 from jaxdl.models.transformer import TransformerClassifier, TransformerLM
@@ -37,32 +34,6 @@ BERT_SIZE = {
     "vocab_size": 128,
     "max_position_embeddings": 64,
 }
-# TransformerClassifier's counterpart of BERT_SIZE (BertForSequenceClassification: 2 labels).
-BERT_KWARGS = {
-    "vocab_size": 128,
-    "num_classes": 2,
-    "num_layers": 2,
-    "num_heads": 4,
-    "embed_dim": 64,
-    "mlp_dim": 128,
-    "max_len": 64,
-    "pooling": "cls",
-}
-# The BERT tensors waiting for TransformerClassifier switches (see BERT_GAP).
-BERT_UNMAPPED = (
-    r"embeddings\.token_type_embeddings\.weight",
-    r"embeddings\.LayerNorm\.(weight|bias)",
-    r"encoder\.layer\.\d+\.(attention\.)?output\.LayerNorm\.(weight|bias)",
-    r"pooler\.dense\.(weight|bias)",
-)
-BERT_GAP = (
-    "TransformerClassifier cannot reproduce BERT yet; it needs norm_position='post' (LN after "
-    "each residual add, no final_norm), embedding_norm=True (LN over token+position+type "
-    "embeddings), token_type_vocab=2 (token-type table, token_type_ids input), pooler='tanh' "
-    "(dense+tanh on [CLS] before the head), a LayerNorm epsilon switch (BERT: 1e-12, jaxdl fixes "
-    "1e-5) and exact (erf) GELU (jaxdl's 'gelu' is the tanh approximation); BERT_RULES then "
-    "needs rows for the tensors in BERT_UNMAPPED"
-)
 
 
 def _save(model, directory) -> str:
@@ -85,9 +56,10 @@ def gpt2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
-    """A random BERT sequence classifier and its saved checkpoint directory."""
+    """A random BERT sequence classifier (3 labels) and its saved checkpoint directory."""
     torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(**BERT_SIZE))
+    config = transformers.BertConfig(**BERT_SIZE, num_labels=3)
+    model = transformers.BertForSequenceClassification(config)
     return model, _save(model, tmp_path_factory.mktemp("bert"))
 
 
@@ -218,61 +190,131 @@ def test_a_config_transformer_lm_cannot_reproduce_is_a_config_error(gpt2, tmp_pa
     _one_line_error(ConfigError, f"{field}=.* cannot be reproduced", import_gpt2, directory)
 
 
-def _bert_tensors(directory) -> dict[str, np.ndarray]:
-    return {k.removeprefix("bert."): v for k, v in load_safetensors(directory).items()}
+def _bert_batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens (pad id 0 after each row's length), the attention mask and token types
+    (sentence A then B) of a padded batch."""
+    rng = np.random.default_rng(0)
+    lengths = np.array([16, 11, 5])
+    mask = np.arange(16)[None, :] < lengths[:, None]
+    tokens = np.where(mask, rng.integers(1, 128, (3, 16)), 0).astype(np.int32)
+    types = (mask & (np.arange(16)[None, :] >= lengths[:, None] // 2)).astype(np.int32)
+    return tokens, mask, types
 
 
-def test_bert_rules_put_attention_and_mlp_weights_in_jaxdl_layout(bert):
-    """What BERT_RULES maps today drives jaxdl's attention (and the MLP's kernels) exactly as
-    BERT's own sublayers."""
+def _torch_logits(model, tokens, mask, types) -> np.ndarray:
+    with torch.no_grad():
+        return model(
+            torch.from_numpy(tokens).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            token_type_ids=torch.from_numpy(types).long(),
+        ).logits.numpy()
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_bert_import_reproduces_the_transformers_logits(bert, scan_layers):
     model, directory = bert
-    target = {
-        path: leaf
-        for path, leaf in abstract_params(
-            TransformerClassifier(**BERT_KWARGS, scan_layers=False)
-        ).items()
-        if "norm" not in path
+    tokens, mask, types = _bert_batch()
+    want = _torch_logits(model, tokens, mask, types)
+    kwargs, params = import_bert(directory, scan_layers=scan_layers)
+    assert kwargs["num_classes"] == 3 and kwargs["norm_epsilon"] == 1e-12
+    assert kwargs["mlp_activation"] == "gelu_exact" and kwargs["token_type_vocab"] == 2
+    assert params["type_embed"]["embedding"].shape == (2, 64)
+    classifier = TransformerClassifier(**kwargs)
+    variables = {"params": params}
+    # The padding mask taken from pad_id (BERT's 0) and given explicitly.
+    for padding_mask in (None, jnp.asarray(mask)):
+        got = classifier.apply(
+            variables,
+            jnp.asarray(tokens),
+            padding_mask,
+            token_type_ids=jnp.asarray(types),
+            train=False,
+        )
+        _assert_logits_match(got, want)
+    # Without token types (all sentence A), as transformers defaults them.
+    with torch.no_grad():
+        want_a = model(
+            torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long()
+        ).logits.numpy()
+    _assert_logits_match(classifier.apply(variables, jnp.asarray(tokens), train=False), want_a)
+
+
+def test_bert_model_without_a_head_leaves_the_head_to_initialise(tmp_path, caplog):
+    """A BertModel checkpoint: everything but the head is mapped; with an identity head the
+    logits are BertModel's pooler output."""
+    torch.manual_seed(2)
+    model = transformers.BertModel(transformers.BertConfig(**BERT_SIZE))
+    _save(model, tmp_path)
+    _one_line_error(ConfigError, "no classifier head: pass num_classes", import_bert, tmp_path)
+    with caplog.at_level("WARNING", logger="jaxdl"):
+        kwargs, params = import_bert(tmp_path, num_classes=64)
+    assert "no classifier head" in caplog.text
+    assert "head" not in params and kwargs["pooler"] == "tanh"
+    params = {**params, "head": {"kernel": np.eye(64, dtype=np.float32), "bias": np.zeros(64)}}
+    tokens, mask, types = _bert_batch()
+    with torch.no_grad():
+        want = model(
+            torch.from_numpy(tokens).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            token_type_ids=torch.from_numpy(types).long(),
+        ).pooler_output.numpy()
+    got = TransformerClassifier(**kwargs).apply(
+        {"params": params}, jnp.asarray(tokens), token_type_ids=jnp.asarray(types), train=False
+    )
+    _assert_logits_match(got, want)
+
+
+def _bert_checkpoint(directory, tensors, **config_changes) -> str:
+    directory.mkdir()
+    save_file(tensors, str(directory / "model.safetensors"))
+    config = {"model_type": "bert", **BERT_SIZE, **config_changes}
+    (directory / "config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"position_embedding_type": "relative_key"},
+        {"hidden_act": "gelu_fast"},
+        {"is_decoder": True},
+        {"model_type": "roberta"},
+    ],
+)
+def test_a_config_the_classifier_cannot_reproduce_is_a_config_error(bert, tmp_path, change):
+    directory = _bert_checkpoint(tmp_path / "ckpt", load_safetensors(bert[1]), **change)
+    (field,) = change
+    _one_line_error(ConfigError, f"{field}=.* cannot be reproduced", import_bert, directory)
+
+
+def test_bad_bert_checkpoints_are_named(bert, tmp_path):
+    tensors = load_safetensors(bert[1])
+    narrow = {**tensors, "bert.pooler.dense.weight": np.zeros((64, 63), np.float32)}
+    _one_line_error(
+        DataError,
+        r"tensor pooler\.dense\.weight \(64, 63\) does not fit pooler/kernel \(64, 64\)",
+        import_bert,
+        _bert_checkpoint(tmp_path / "narrow", narrow),
+    )
+    missing = {k: v for k, v in tensors.items() if "output.LayerNorm" not in k}
+    _one_line_error(
+        DataError,
+        r"no tensor encoder\.layer\.0\.attention\.output\.LayerNorm\.weight \(and 7 more\)",
+        import_bert,
+        _bert_checkpoint(tmp_path / "missing", missing),
+    )
+    _one_line_error(
+        ConfigError,
+        "num_classes=2 but the checkpoint's classifier has 3",
+        import_bert,
+        bert[1],
+        num_classes=2,
+    )
+    # BertForPreTraining's cls.* heads and the position-id buffer are skipped.
+    extra = {
+        **tensors,
+        "cls.predictions.bias": np.zeros(128, np.float32),
+        "bert.embeddings.position_ids": np.arange(64)[None],
     }
-    params = map_tensors(
-        _bert_tensors(directory),
-        BERT_RULES,
-        target,
-        num_layers=2,
-        num_heads=4,
-        scan_layers=False,
-        ignore=BERT_UNMAPPED,
-    )
-    layer, torch_layer = params["encoder"]["layers_1"], model.bert.encoder.layer[1]
-    x = np.random.default_rng(0).normal(size=(2, 8, 64)).astype(np.float32)
-    attention = MultiHeadAttention(num_heads=4, head_dim=16)
-    got = attention.apply({"params": layer["attention"]}, jnp.asarray(x), train=False)
-    mlp = layer["mlp"]
-    hidden = jax.nn.gelu(x @ mlp["wi"]["kernel"] + mlp["wi"]["bias"], approximate=False)
-    got_mlp = hidden @ mlp["wo"]["kernel"] + mlp["wo"]["bias"]
-    with torch.no_grad():
-        tx = torch.from_numpy(x)
-        want = torch_layer.attention.output.dense(torch_layer.attention.self(tx)[0]).numpy()
-        want_mlp = torch_layer.output.dense(torch_layer.intermediate(tx)).numpy()
-    _assert_logits_match(got, want)
-    _assert_logits_match(got_mlp, want_mlp)
-
-
-@pytest.mark.xfail(raises=(DataError, ConfigError), strict=True, reason=BERT_GAP)
-def test_bert_import_reproduces_the_transformers_logits(bert):
-    model, directory = bert
-    tokens = _tokens()
-    with torch.no_grad():
-        want = model(torch.from_numpy(tokens).long()).logits.numpy()
-    classifier = TransformerClassifier(**BERT_KWARGS)
-    params = map_tensors(
-        _bert_tensors(directory),
-        BERT_RULES,
-        abstract_params(classifier),
-        num_layers=2,
-        num_heads=4,
-        scan_layers=True,
-        source=directory,
-    )
-    mask = np.ones_like(tokens, bool)
-    got = classifier.apply({"params": params}, jnp.asarray(tokens), mask, train=False)
-    _assert_logits_match(got, want)
+    kwargs, _ = import_bert(_bert_checkpoint(tmp_path / "pretraining", extra))
+    assert kwargs["num_classes"] == 3

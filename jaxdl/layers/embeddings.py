@@ -11,6 +11,8 @@ TOKEN_TABLE_AXES = ("vocab", "embed")
 # Position tables get their own name ('pos', not 'length'): 'length' shards activations over the
 # 'sequence' mesh axis, whereas a position table is small and stays replicated.
 POSITION_TABLE_AXES = ("pos", "embed")
+# Token-type (segment) tables, e.g. BERT's 2 rows: tiny, so replicated ('token_types' -> None).
+TOKEN_TYPE_TABLE_AXES = ("token_types", "embed")
 EMBED_ACTIVATION_AXES = ("batch", "length", "embed")
 
 # GPT-2's initialiser for token and position tables.
@@ -18,7 +20,7 @@ embedding_normal_init = nn.initializers.normal(stddev=0.02)
 
 
 class Embed(nn.Embed):
-    """``nn.Embed`` whose table [vocab, embed] is named ('vocab','embed').
+    """``nn.Embed`` whose table [vocab, embed] is named ``table_axes`` (('vocab','embed')).
 
     ``__call__``: int tokens [batch, length] -> [batch, length, embed];
     ``attend``: [batch, length, embed] -> [batch, length, vocab], the tied output projection
@@ -26,12 +28,13 @@ class Embed(nn.Embed):
     """
 
     embedding_init: nn.initializers.Initializer = embedding_normal_init
+    table_axes: tuple[str, str] = TOKEN_TABLE_AXES
 
     def setup(self) -> None:
         """Create the logically named table (``nn.Embed.setup`` with a boxed initialiser)."""
         self.embedding = self.param(
             "embedding",
-            nn.with_logical_partitioning(self.embedding_init, TOKEN_TABLE_AXES),
+            nn.with_logical_partitioning(self.embedding_init, tuple(self.table_axes)),
             (self.num_embeddings, self.features),
             self.param_dtype,
         )

@@ -1,5 +1,6 @@
 """Transformer feed-forward block with logically named kernels."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -8,9 +9,16 @@ import jax.numpy as jnp
 
 from jaxdl.layers.dense import Dense
 
-# nn.gelu defaults to the tanh approximation, as GPT-2 and BERT use. A gated activation
-# multiplies the activated gate projection by a second, linear one.
-MLP_ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu, "swiglu": nn.silu}
+# 'gelu' is nn.gelu's default tanh approximation (GPT-2's gelu_new); 'gelu_exact' is the erf
+# form (BERT's hidden_act='gelu', torch.nn.functional.gelu). A gated activation multiplies the
+# activated gate projection by a second, linear one.
+MLP_ACTIVATIONS = {
+    "gelu": nn.gelu,
+    "gelu_exact": functools.partial(nn.gelu, approximate=False),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swiglu": nn.silu,
+}
 GATED_ACTIVATIONS = ("swiglu",)
 
 

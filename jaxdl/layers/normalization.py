@@ -67,6 +67,7 @@ def make_norm(
     param_dtype: Any = jax.numpy.float32,
     num_groups: int = 32,
     scale_init: nn.initializers.Initializer = nn.initializers.ones,
+    epsilon: float = _EPSILON,
     name: str | None = None,
 ) -> nn.Module:
     """Build a normalisation layer over the last (feature) axis.
@@ -83,6 +84,8 @@ def make_norm(
       dtype / param_dtype: compute and parameter dtypes.
       num_groups: upper bound on GroupNorm's group count.
       scale_init: initialiser for the scale; ``zeros_init()`` zero-initialises a residual branch.
+      epsilon: added to the variance (default 1e-5, torch's; BERT uses 1e-12). Used by
+        'layer' and 'rms' only; 'batch' and 'group' keep 1e-5.
       name: submodule name.
 
     Returns:
@@ -119,14 +122,14 @@ def make_norm(
         )
     if kind == "rms":
         return nn.RMSNorm(
-            epsilon=_EPSILON,
+            epsilon=epsilon,
             dtype=dtype,
             param_dtype=param_dtype,
             scale_init=named_scale,
             name=name,
         )
     return nn.LayerNorm(
-        epsilon=_EPSILON,
+        epsilon=epsilon,
         dtype=dtype,
         param_dtype=param_dtype,
         scale_init=named_scale,

@@ -1,4 +1,4 @@
-"""Pre-norm Transformer block and block stack with logically named parameters.
+"""Pre-norm (or post-norm) Transformer block and block stack with logically named parameters.
 
 Built for scaling the MaxText way: every parameter and activation carries logical axis names;
 ``scan_layers`` stacks the blocks with ``nn.scan`` (one compiled block, so compile time does not
@@ -20,14 +20,21 @@ from jaxdl.layers.normalization import make_norm
 from jaxdl.layers.remat import REGATHER, REMAT_POLICIES, remat_call
 from jaxdl.parallel.gradients import batch_axes
 
+# 'pre': x + f(LN(x)) with a final norm after the stack (GPT-2); 'post': LN(x + f(x)) and no
+# final norm (the original Transformer, BERT).
+NORM_POSITIONS = ("pre", "post")
+
 
 class TransformerBlock(nn.Module):
     """Pre-LN block: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))); [B, T, E] -> [B, T, E].
+    ``norm_position='post'``: LN(x + drop(attn(x))), then LN(x + drop(mlp(x))) (BERT), the
+    norms keeping their names (``attn_norm`` after attention, ``mlp_norm`` after the MLP).
 
     Parameters: ``attn_norm``, ``attention`` (a MultiHeadAttention with head_dim E / num_heads),
     ``mlp_norm`` and ``mlp`` (an MlpBlock). Variants: ``norm`` ('layer' or 'rms', see
     ``make_norm``), ``mlp_activation`` (an ``MLP_ACTIVATIONS`` name, e.g. 'swiglu'),
-    ``num_kv_heads`` (grouped-query attention) and ``rotary`` (RoPE on queries and keys).
+    ``num_kv_heads`` (grouped-query attention), ``rotary`` (RoPE on queries and keys) and
+    ``norm_epsilon`` (the norms' epsilon).
     """
 
     num_heads: int
@@ -40,6 +47,17 @@ class TransformerBlock(nn.Module):
     mlp_activation: str = "gelu"
     num_kv_heads: int | None = None
     rotary: bool = False
+    norm_position: str = "pre"
+    norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        """Validate hyper-parameters at construction so bad configs fail early."""
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(
+                f"TransformerBlock norm_position must be one of {NORM_POSITIONS}, "
+                f"got {self.norm_position!r}"
+            )
+        super().__post_init__()
 
     @nn.compact
     def __call__(
@@ -67,10 +85,12 @@ class TransformerBlock(nn.Module):
             train=train,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            epsilon=self.norm_epsilon,
         )
         residual_dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        pre = self.norm_position == "pre"
 
-        y = norm(name="attn_norm")(x)
+        y = norm(name="attn_norm")(x) if pre else x
         y = MultiHeadAttention(
             num_heads=self.num_heads,
             head_dim=x.shape[-1] // self.num_heads,
@@ -82,9 +102,12 @@ class TransformerBlock(nn.Module):
             rotary=self.rotary,
             name="attention",
         )(y, padding_mask, segment_ids, positions, train=train, decode=decode)
-        x = nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
+        x = x + residual_dropout(y)
+        if not pre:
+            x = norm(name="attn_norm")(x)
+        x = nn.with_logical_constraint(x, EMBED_ACTIVATION_AXES)
 
-        y = norm(name="mlp_norm")(x)
+        y = norm(name="mlp_norm")(x) if pre else x
         y = MlpBlock(
             self.mlp_dim,
             activation=self.mlp_activation,
@@ -93,7 +116,10 @@ class TransformerBlock(nn.Module):
             param_dtype=self.param_dtype,
             name="mlp",
         )(y, train=train)
-        return nn.with_logical_constraint(x + residual_dropout(y), EMBED_ACTIVATION_AXES)
+        x = x + residual_dropout(y)
+        if not pre:
+            x = norm(name="mlp_norm")(x)
+        return nn.with_logical_constraint(x, EMBED_ACTIVATION_AXES)
 
 
 def _apply_block(
@@ -131,13 +157,15 @@ def _apply_block(
 
 
 class TransformerStack(nn.Module):
-    """``num_layers`` TransformerBlocks then a final norm: [B, T, E] -> [B, T, E].
+    """``num_layers`` TransformerBlocks then a final norm (none when ``norm_position='post'``:
+    each block already ends with one): [B, T, E] -> [B, T, E].
 
     With ``scan_layers`` the blocks live under ``layers`` with a leading [num_layers] axis
     named 'layers' (decoding caches too); otherwise under ``layers_0`` ... ``layers_{n-1}``.
     ``remat_policy`` (one of REMAT_POLICIES, 'none' = no remat) wraps each block in
     ``nn.remat``. ``norm``, ``mlp_activation``, ``num_kv_heads`` and ``rotary`` configure
-    every block (see TransformerBlock); ``norm`` also picks the final norm.
+    every block, as do ``norm_position`` and ``norm_epsilon`` (see TransformerBlock); ``norm``
+    also picks the final norm.
     """
 
     num_layers: int
@@ -153,9 +181,16 @@ class TransformerStack(nn.Module):
     mlp_activation: str = "gelu"
     num_kv_heads: int | None = None
     rotary: bool = False
+    norm_position: str = "pre"
+    norm_epsilon: float = 1e-5
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(
+                f"TransformerStack norm_position must be one of {NORM_POSITIONS}, "
+                f"got {self.norm_position!r}"
+            )
         if self.num_layers < 1:
             raise ValueError(f"TransformerStack num_layers must be >= 1, got {self.num_layers}")
         if self.remat_policy not in REMAT_POLICIES:
@@ -190,6 +225,8 @@ class TransformerStack(nn.Module):
             "mlp_activation": self.mlp_activation,
             "num_kv_heads": self.num_kv_heads,
             "rotary": self.rotary,
+            "norm_position": self.norm_position,
+            "norm_epsilon": self.norm_epsilon,
         }
         if self.scan_layers:
             # nn.scan's body maps (carry, *broadcast inputs) -> (carry, per-step output); the
@@ -234,11 +271,14 @@ class TransformerStack(nn.Module):
                     remat_policy=self.remat_policy,
                     prevent_cse=True,
                 )
+        if self.norm_position == "post":
+            return x
         return make_norm(
             self.norm,
             axis_name="embed",
             train=train,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            epsilon=self.norm_epsilon,
             name="final_norm",
         )(x)

@@ -1,15 +1,17 @@
-"""Import 🤗 GPT-2 checkpoints (safetensors) into ``TransformerLM`` parameter trees.
+"""Import 🤗 GPT-2 and BERT checkpoints (safetensors) into ``TransformerLM`` /
+``TransformerClassifier`` parameter trees.
 
 An explicit table maps every checkpoint tensor to one jaxdl parameter path with its layout
 transform (MaxText/levanter style), so each weight is accounted for: a tensor no rule takes, a
 parameter no tensor fills or a shape that does not fit is a one-line error naming it. Files are
-read with NumPy (no torch, no hub access): point ``import_gpt2`` at a downloaded checkpoint.
-``BERT_RULES`` maps the BERT tensors ``TransformerClassifier`` has a place for today.
+read with NumPy (no torch, no hub access): point ``import_gpt2`` or ``import_bert`` at a
+downloaded checkpoint.
 """
 
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +28,7 @@ from safetensors import SafetensorError
 
 from jaxdl.errors import ConfigError, DataError
 from jaxdl.integrity import key_path_str
-from jaxdl.models.transformer import TransformerLM
+from jaxdl.models.transformer import TransformerClassifier, TransformerLM
 
 # (checkpoint tensor, num_heads) -> the tensor in jaxdl's layout.
 Transform = Callable[[np.ndarray, int], np.ndarray]
@@ -120,14 +122,16 @@ _GPT2_REPRODUCIBLE = {
     "add_cross_attention": (False,),
 }
 
-# The BERT tensors (``bert.`` prefix removed) with a place in TransformerClassifier today
-# (pooling='cls'); torch nn.Linear weights are [out, in]. Not mapped until the classifier gains
-# post-LN blocks, an embedding LayerNorm, token-type embeddings and a tanh pooler:
-# embeddings.token_type_embeddings, embeddings.LayerNorm, encoder.layer.{i}.attention.output.
-# LayerNorm, encoder.layer.{i}.output.LayerNorm and pooler.dense.
+# BERT's embeddings and encoder (``bert.`` prefix removed) in TransformerClassifier with
+# norm_position='post' (attention.output.LayerNorm follows the attention residual: attn_norm;
+# output.LayerNorm follows the MLP residual: mlp_norm), embedding_norm and token_type_vocab;
+# torch nn.Linear weights are [out, in].
 BERT_RULES = (
     Rule("embeddings.word_embeddings.weight", "token_embed/embedding"),
     Rule("embeddings.position_embeddings.weight", "pos_embed/embedding"),
+    Rule("embeddings.token_type_embeddings.weight", "type_embed/embedding"),
+    Rule("embeddings.LayerNorm.weight", "embed_norm/scale"),
+    Rule("embeddings.LayerNorm.bias", "embed_norm/bias"),
     Rule(
         "encoder.layer.{i}.attention.self.query.weight",
         "encoder/{layers}/attention/query/kernel",
@@ -164,15 +168,45 @@ BERT_RULES = (
         _linear_from_heads,
     ),
     Rule("encoder.layer.{i}.attention.output.dense.bias", "encoder/{layers}/attention/out/bias"),
+    Rule("encoder.layer.{i}.attention.output.LayerNorm.weight", "encoder/{layers}/attn_norm/scale"),
+    Rule("encoder.layer.{i}.attention.output.LayerNorm.bias", "encoder/{layers}/attn_norm/bias"),
     Rule(
         "encoder.layer.{i}.intermediate.dense.weight", "encoder/{layers}/mlp/wi/kernel", _transposed
     ),
     Rule("encoder.layer.{i}.intermediate.dense.bias", "encoder/{layers}/mlp/wi/bias"),
     Rule("encoder.layer.{i}.output.dense.weight", "encoder/{layers}/mlp/wo/kernel", _transposed),
     Rule("encoder.layer.{i}.output.dense.bias", "encoder/{layers}/mlp/wo/bias"),
+    Rule("encoder.layer.{i}.output.LayerNorm.weight", "encoder/{layers}/mlp_norm/scale"),
+    Rule("encoder.layer.{i}.output.LayerNorm.bias", "encoder/{layers}/mlp_norm/bias"),
+)
+# pooler='tanh' (BertModel's pooler, absent with add_pooling_layer=False).
+BERT_POOLER_RULES = (
+    Rule("pooler.dense.weight", "pooler/kernel", _transposed),
+    Rule("pooler.dense.bias", "pooler/bias"),
+)
+# BertForSequenceClassification's head (a BertModel checkpoint has none).
+BERT_HEAD_RULES = (
     Rule("classifier.weight", "head/kernel", _transposed),
     Rule("classifier.bias", "head/bias"),
 )
+# The position-id buffer older files carry, and BertForPreTraining's MLM / next-sentence heads
+# (cls.*), which TransformerClassifier has no place for.
+BERT_IGNORED = (r"embeddings\.position_ids", r"cls\..*")
+# hidden_act -> mlp_activation.
+_BERT_ACTIVATIONS = {
+    "gelu": "gelu_exact",
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+_BERT_REPRODUCIBLE = {
+    "model_type": ("bert",),
+    "position_embedding_type": ("absolute",),
+    "is_decoder": (False,),
+    "add_cross_attention": (False,),
+}
 
 
 def _weights_file(path: str | os.PathLike) -> str:
@@ -344,6 +378,127 @@ def import_gpt2(
         ignore=(*GPT2_IGNORED, r"lm_head\.weight") if tied else GPT2_IGNORED,
         source=file,
     )
+    return kwargs, params
+
+
+def bert_model_kwargs(
+    config: Mapping[str, Any], *, num_classes: int, pooler: bool = True, scan_layers: bool = True
+) -> dict[str, Any]:
+    """``TransformerClassifier`` kwargs reproducing a 🤗 ``BertConfig`` (its config.json as a
+    dict) with a ``num_classes`` head; ``pooler``: whether the checkpoint has BERT's pooler.
+
+    A setting TransformerClassifier cannot reproduce (relative positions, a decoder, another
+    activation, ...) is a ``ConfigError`` naming it. Dropout is left at jaxdl's default.
+    """
+    for field, allowed in _BERT_REPRODUCIBLE.items():
+        value = config.get(field, allowed[0])
+        if value not in allowed:
+            raise ConfigError(
+                f"BERT config {field}={value!r} cannot be reproduced by TransformerClassifier "
+                f"(supported: {', '.join(map(repr, allowed))})"
+            )
+    act = config.get("hidden_act", "gelu")
+    if not isinstance(act, str) or act not in _BERT_ACTIVATIONS:
+        raise ConfigError(
+            f"BERT config hidden_act={act!r} cannot be reproduced by TransformerClassifier "
+            f"(supported: {', '.join(map(repr, _BERT_ACTIVATIONS))})"
+        )
+    epsilon = config.get("layer_norm_eps", 1e-12)
+    if not (isinstance(epsilon, (int, float)) and epsilon > 0):
+        raise ConfigError(f"BERT config layer_norm_eps={epsilon!r} must be a positive number")
+    pad_id = config.get("pad_token_id", 0)
+    if not isinstance(pad_id, int):
+        raise ConfigError(f"BERT config pad_token_id={pad_id!r} must be an int")
+    try:
+        return {
+            "vocab_size": int(config["vocab_size"]),
+            "num_classes": num_classes,
+            "num_layers": int(config["num_hidden_layers"]),
+            "num_heads": int(config["num_attention_heads"]),
+            "embed_dim": int(config["hidden_size"]),
+            "mlp_dim": int(config["intermediate_size"]),
+            "max_len": int(config["max_position_embeddings"]),
+            "pooling": "cls",
+            "pad_id": pad_id,
+            "scan_layers": scan_layers,
+            "position_embedding": "learned",
+            "norm": "layer",
+            "mlp_activation": _BERT_ACTIVATIONS[act],
+            "norm_position": "post",
+            "norm_epsilon": float(epsilon),
+            "embedding_norm": True,
+            "token_type_vocab": int(config.get("type_vocab_size", 2)),
+            "pooler": "tanh" if pooler else "none",
+        }
+    except KeyError as error:
+        raise ConfigError(f"BERT config has no {error.args[0]}") from None
+
+
+def _bert_tensor_name(key: str) -> str:
+    """A checkpoint key without ``bert.``, with TF-era LayerNorm ``gamma``/``beta`` renamed
+    (as transformers does on load)."""
+    key = key.removeprefix("bert.")
+    if ".LayerNorm." in key:
+        key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+    return key
+
+
+def import_bert(
+    path: str | os.PathLike, *, num_classes: int | None = None, scan_layers: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model_kwargs, params)`` for a 🤗 ``BertForSequenceClassification`` or ``BertModel``
+    checkpoint, so that ``TransformerClassifier(**model_kwargs).apply({'params': params},
+    tokens, padding_mask, token_type_ids=types, train=False)`` gives its logits.
+
+    ``path`` as for ``import_gpt2``. With a ``classifier`` head in the checkpoint the head is
+    mapped and ``num_classes`` (optional) must match its rows. Without one (``BertModel``, or
+    ``BertForPreTraining``, whose ``cls.*`` heads are skipped) ``num_classes`` is required and
+    ``params`` has no ``head``: initialise it (e.g. warm-start with ``init.reinit`` covering
+    ``params/head``); this is logged. A checkpoint without BERT's pooler gives
+    ``pooler='none'``. Raises ``DataError``/``ConfigError`` (one line) for an unreadable,
+    incomplete or non-BERT checkpoint.
+    """
+    file = _weights_file(path)
+    config = _read_config(os.path.dirname(file))
+    tensors = {_bert_tensor_name(key): t for key, t in load_safetensors(file).items()}
+    has_head = "classifier.weight" in tensors
+    if has_head:
+        rows = tensors["classifier.weight"].shape[0]
+        if num_classes is not None and num_classes != rows:
+            raise ConfigError(
+                f"{file}: num_classes={num_classes} but the checkpoint's classifier has {rows}"
+            )
+        num_classes = rows
+    elif num_classes is None:
+        raise ConfigError(f"{file} has no classifier head: pass num_classes for a fresh one")
+    has_pooler = "pooler.dense.weight" in tensors
+    kwargs = bert_model_kwargs(
+        config, num_classes=num_classes, pooler=has_pooler, scan_layers=scan_layers
+    )
+    target = abstract_params(TransformerClassifier(**kwargs))
+    if not has_head:
+        target = {p: leaf for p, leaf in target.items() if not p.startswith("head/")}
+    rules = (
+        *BERT_RULES,
+        *(BERT_POOLER_RULES if has_pooler else ()),
+        *(BERT_HEAD_RULES if has_head else ()),
+    )
+    params = map_tensors(
+        tensors,
+        rules,
+        target,
+        num_layers=kwargs["num_layers"],
+        num_heads=kwargs["num_heads"],
+        scan_layers=scan_layers,
+        ignore=BERT_IGNORED,
+        source=file,
+    )
+    if not has_head:
+        logging.getLogger("jaxdl").warning(
+            "%s has no classifier head: params has no head (%d classes); initialise it",
+            file,
+            num_classes,
+        )
     return kwargs, params
 
 

@@ -1,10 +1,17 @@
-"""Pre-norm Transformers: a causal language model and a sequence classifier.
+"""Transformers: a causal language model and a sequence classifier.
 
 Both embed tokens and run a ``jaxdl.layers.TransformerStack`` (see there for ``scan_layers``
 and ``remat_policy``); every parameter and activation carries logical axis names. Switches
 shared by both (their defaults give the GPT-2 layout): ``norm`` ('layer' | 'rms'),
-``mlp_activation`` ('gelu' | 'swiglu' | ...), ``position_embedding`` ('learned' |
-'sinusoidal' | 'rotary') and ``num_kv_heads`` (grouped-query attention; None = num_heads).
+``mlp_activation`` ('gelu' (tanh approximation) | 'gelu_exact' (erf) | 'swiglu' | ...),
+``position_embedding`` ('learned' | 'sinusoidal' | 'rotary'), ``num_kv_heads`` (grouped-query
+attention; None = num_heads), ``norm_position`` ('pre' | 'post': LN after each residual add and
+no final norm), ``norm_epsilon`` (1e-5) and ``embedding_norm`` (a norm ``embed_norm`` over the
+summed embeddings). The classifier also has ``token_type_vocab`` (a token-type table
+``type_embed`` and a ``token_type_ids`` input) and ``pooler`` ('none' | 'tanh'); with
+``norm_position='post'``, ``embedding_norm``, ``token_type_vocab=2``, ``pooler='tanh'``,
+``norm_epsilon=1e-12``, ``mlp_activation='gelu_exact'`` and ``pooling='cls'`` it is BERT
+(``jaxdl.models.hf_import.import_bert``).
 """
 
 import functools
@@ -22,9 +29,12 @@ from jaxdl.layers import (
     TransformerBlock,
     TransformerStack,
     classifier_head,
+    make_norm,
 )
+from jaxdl.layers.embeddings import TOKEN_TYPE_TABLE_AXES
 from jaxdl.layers.mlp import MLP_ACTIVATIONS
 from jaxdl.layers.remat import REMAT_POLICIES
+from jaxdl.layers.transformer import NORM_POSITIONS
 from jaxdl.models.registry import register_model
 
 # TransformerBlock and TransformerStack live in jaxdl.layers; re-exported here for existing imports.
@@ -32,6 +42,7 @@ __all__ = ["TransformerBlock", "TransformerClassifier", "TransformerLM", "Transf
 
 POSITION_EMBEDDINGS = ("learned", "sinusoidal", "rotary")
 POOLINGS = ("mean", "cls")
+POOLERS = ("none", "tanh")
 TRANSFORMER_NORMS = ("layer", "rms")
 
 
@@ -52,6 +63,7 @@ def _check_config(model: nn.Module) -> None:
         ("position_embedding", POSITION_EMBEDDINGS),
         ("norm", TRANSFORMER_NORMS),
         ("mlp_activation", tuple(MLP_ACTIVATIONS)),
+        ("norm_position", NORM_POSITIONS),
     ):
         if getattr(model, name) not in choices:
             raise ValueError(
@@ -62,6 +74,8 @@ def _check_config(model: nn.Module) -> None:
         raise ValueError(
             f"{kind} num_kv_heads={kv_heads} must be >= 1 and divide num_heads={model.num_heads}"
         )
+    if not model.norm_epsilon > 0:
+        raise ValueError(f"{kind} norm_epsilon must be > 0, got {model.norm_epsilon}")
     head_dim = model.embed_dim // model.num_heads
     if model.position_embedding == "rotary" and head_dim % 2:
         raise ValueError(f"{kind} rotary positions need an even head dim, got {head_dim}")
@@ -108,14 +122,18 @@ def _embed_and_encode(
     segment_ids: jax.Array | None = None,
     positions: jax.Array | None = None,
     decode: bool = False,
+    token_type_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, Embed]:
-    """Token + position embedding, dropout and the block stack shared by the LM and classifier.
+    """Token + position (+ token-type) embedding, the optional embedding norm, dropout and the
+    block stack shared by the LM and classifier.
 
     Called from ``model``'s compact ``__call__`` (submodules attach to it), reading its fields.
     ``segment_ids``/``positions`` [B, T] describe packed sequences (None: one sequence per row
     at positions 0..T-1); rotary positions are applied in attention, the others added here.
-    ``decode`` runs the stack through its key/value caches. Returns the stack output
-    [B, T, E] and the token embedding (for tied output projections).
+    ``token_type_ids`` [B, T] index the ``type_embed`` table when the model has
+    ``token_type_vocab`` > 0 (None: all type 0). ``decode`` runs the stack through its
+    key/value caches. Returns the stack output [B, T, E] and the token embedding (for tied
+    output projections).
     """
     embed = Embed(
         model.vocab_size,
@@ -125,11 +143,32 @@ def _embed_and_encode(
         name="token_embed",
     )
     x = embed(tokens)
+    type_vocab = getattr(model, "token_type_vocab", 0)
+    if type_vocab:
+        types = Embed(
+            type_vocab,
+            model.embed_dim,
+            dtype=model.dtype,
+            param_dtype=model.param_dtype,
+            table_axes=TOKEN_TYPE_TABLE_AXES,
+            name="type_embed",
+        )
+        x = x + types(jnp.zeros_like(tokens) if token_type_ids is None else token_type_ids)
     rotary = model.position_embedding == "rotary"
     if not rotary:
         x = _embed_positions(model.position_embedding, model.max_len, model.param_dtype)(
             x, positions
         )
+    if model.embedding_norm:
+        x = make_norm(
+            model.norm,
+            axis_name="embed",
+            train=train,
+            dtype=model.dtype,
+            param_dtype=model.param_dtype,
+            epsilon=model.norm_epsilon,
+            name="embed_norm",
+        )(x)
     x = nn.Dropout(model.dropout_rate, deterministic=not train)(x)
     x = TransformerStack(
         num_layers=model.num_layers,
@@ -145,6 +184,8 @@ def _embed_and_encode(
         mlp_activation=model.mlp_activation,
         num_kv_heads=model.num_kv_heads,
         rotary=rotary,
+        norm_position=model.norm_position,
+        norm_epsilon=model.norm_epsilon,
         name=name,
     )(x, padding_mask, segment_ids, positions, train=train, decode=decode)
     return x, embed
@@ -154,7 +195,8 @@ def _embed_and_encode(
 class TransformerLM(nn.Module):
     """Decoder-only causal LM (GPT-2 layout): int tokens [B, T] -> float32 logits [B, T, vocab].
 
-    Token + position embeddings -> dropout -> pre-LN causal blocks -> final LN -> logits via the
+    Token + position embeddings -> dropout -> pre-LN causal blocks -> final LN (post-LN blocks
+    and no final LN with ``norm_position='post'``) -> logits via the
     tied token table (``tie_embeddings``) or an untied ``lm_head`` [embed, vocab] named
     ('embed','vocab'). ``dtype`` is the compute dtype (e.g. bf16); logits are always float32.
     Packed rows (several sequences per row) pass ``segment_ids`` and ``positions``.
@@ -177,6 +219,9 @@ class TransformerLM(nn.Module):
     norm: str = "layer"
     mlp_activation: str = "gelu"
     num_kv_heads: int | None = None
+    norm_position: str = "pre"
+    norm_epsilon: float = 1e-5
+    embedding_norm: bool = False
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -242,8 +287,11 @@ class TransformerClassifier(nn.Module):
     Padding positions are masked out of attention and pooling, so trailing padding does not
     change the output: by default the tokens equal to ``pad_id``, or those an explicit
     ``padding_mask`` marks (see ``__call__``). ``pooling='mean'`` averages the non-pad
-    positions; ``'cls'`` takes position 0 (the tokenizer's [CLS]). Head kernel
-    [embed, classes] named ('embed','classes').
+    positions; ``'cls'`` takes position 0 (the tokenizer's [CLS]). ``pooler='tanh'`` passes
+    the pooled vector through ``pooler`` (dense [embed, embed] named ('embed','mlp')) and tanh,
+    as BERT does. ``token_type_vocab`` > 0 adds a token-type table ``type_embed``
+    [token_type_vocab, embed] named ('token_types','embed') and the ``token_type_ids`` input.
+    Head kernel [embed, classes] named ('embed','classes').
     """
 
     vocab_size: int
@@ -264,10 +312,23 @@ class TransformerClassifier(nn.Module):
     norm: str = "layer"
     mlp_activation: str = "gelu"
     num_kv_heads: int | None = None
+    norm_position: str = "pre"
+    norm_epsilon: float = 1e-5
+    embedding_norm: bool = False
+    token_type_vocab: int = 0
+    pooler: str = "none"
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
         _check_config(self)
+        if self.token_type_vocab < 0:
+            raise ValueError(
+                f"TransformerClassifier token_type_vocab must be >= 0, got {self.token_type_vocab}"
+            )
+        if self.pooler not in POOLERS:
+            raise ValueError(
+                f"TransformerClassifier pooler must be one of {POOLERS}, got {self.pooler!r}"
+            )
         if self.num_classes < 1:
             raise ValueError(
                 f"TransformerClassifier num_classes must be >= 1, got {self.num_classes}"
@@ -280,15 +341,29 @@ class TransformerClassifier(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens: jax.Array, padding_mask: jax.Array | None = None, *, train: bool
+        self,
+        tokens: jax.Array,
+        padding_mask: jax.Array | None = None,
+        *,
+        token_type_ids: jax.Array | None = None,
+        train: bool,
     ) -> jax.Array:
         """Classify ``tokens`` [B, T]; returns float32 logits [B, num_classes].
 
         ``padding_mask`` [B, T] (bool or int, nonzero = real token) marks the positions to
-        attend to and pool over; when None it is ``tokens != pad_id``. ``train`` enables
-        dropout (needs a 'dropout' rng).
+        attend to and pool over; when None it is ``tokens != pad_id``. ``token_type_ids``
+        [B, T] int in [0, token_type_vocab) (e.g. BERT's sentence A/B) needs
+        ``token_type_vocab`` > 0; None means type 0 everywhere. ``train`` enables dropout
+        (needs a 'dropout' rng).
         """
         _check_tokens(tokens, self.max_len, "TransformerClassifier")
+        if token_type_ids is not None:
+            if not self.token_type_vocab:
+                raise ValueError(
+                    "TransformerClassifier got token_type_ids but has token_type_vocab=0"
+                )
+            token_type_ids = jnp.asarray(token_type_ids)
+            _check_packing(tokens, "TransformerClassifier", token_type_ids=token_type_ids)
         if padding_mask is None:
             padding_mask = tokens != self.pad_id
         else:
@@ -307,7 +382,13 @@ class TransformerClassifier(nn.Module):
                 )
             padding_mask = padding_mask != 0
         x, _ = _embed_and_encode(
-            self, tokens, padding_mask, causal=False, train=train, name="encoder"
+            self,
+            tokens,
+            padding_mask,
+            causal=False,
+            train=train,
+            name="encoder",
+            token_type_ids=token_type_ids,
         )
 
         if self.pooling == "mean":
@@ -317,6 +398,16 @@ class TransformerClassifier(nn.Module):
             pooled = (x.astype(jnp.float32) * weights).sum(axis=1) / count
         else:
             pooled = x[:, 0]
+        if self.pooler == "tanh":
+            pooled = jnp.tanh(
+                Dense(
+                    self.embed_dim,
+                    kernel_axes=("embed", "mlp"),
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    name="pooler",
+                )(pooled.astype(self.dtype))
+            )
         pooled = nn.with_logical_constraint(pooled.astype(self.dtype), ("batch", "embed"))
         return classifier_head(pooled, self.num_classes, self.dtype, self.param_dtype)
 

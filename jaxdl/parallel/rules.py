@@ -41,6 +41,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("qkv", None),
     ("layers", None),  # stacked (nn.scan) layer axis: each device keeps every layer's shard
     ("pos", None),
+    ("token_types", None),  # token-type (segment) embedding rows
     ("classes", None),
     ("conv_height", None),
     ("conv_width", None),
