@@ -33,6 +33,7 @@ from jaxdl.data.text import (
     _check_positive_int,
     byte_encode,
 )
+from jaxdl.data.text_sources import ByteTokenizer
 from jaxdl.data.tokenizer_store import fit_tokenizer
 from jaxdl.errors import DataError
 
@@ -103,6 +104,7 @@ def _language_model_splits(
     info = {
         "vocab_size": BYTE_VOCAB_SIZE,
         "pad_id": PAD_ID,
+        "tokenizer": ByteTokenizer(),  # saved as tokenizer.json: what generate/serving decode with
         "unigram_counts": np.bincount(streams["train"], minlength=BYTE_VOCAB_SIZE).astype(np.int64),
         "num_tokens": {split: len(stream) for split, stream in streams.items()},
         names_key: assignment,
