@@ -110,6 +110,7 @@ def _encoded(model, variables, tokens, **kwargs):
     return logits, state["intermediates"]
 
 
+@pytest.mark.slow
 def test_pooler_embedding_norm_and_token_types_compose_as_bert_does():
     model = TransformerClassifier(**TINY, num_classes=3, **BERT_SWITCHES)
     params = _perturbed(model.init(KEY, TOKENS, train=False)["params"])

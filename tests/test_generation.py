@@ -192,6 +192,7 @@ def _cli_generate(capsys, workdir, *args):
     return capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains an LM through the CLI first (~35 s)
 def test_cli_generate_continues_the_prompt_with_the_trained_checkpoint(lm_workdir, capsys):
     out = _cli_generate(
         capsys, lm_workdir, "--prompt", "def f(", "--max-new-tokens", "6", "--temperature", "0"

@@ -167,6 +167,7 @@ def test_explicit_reduction_with_microbatches_trains_like_one_device():
     assert_same_training(losses, ref_losses, state.params, ref_state.params)
 
 
+@pytest.mark.slow
 def test_dropout_masks_differ_across_devices_in_the_manual_region():
     """Each device folds its index into the dropout key: identical masks on every device
     would correlate the global batch's dropout."""

@@ -113,7 +113,9 @@ def reference_runs():
 @pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize(
     "strategy,reduction_mode",
-    [(name, "auto") for name in STRATEGIES] + [("dp8", "compiler"), ("fsdp8", "compiler")],
+    [(name, "auto") for name in STRATEGIES]
+    # The compiler's reduction (mesh.gradient_reduction='compiler'): in make test-slow.
+    + [pytest.param(name, "compiler", marks=pytest.mark.slow) for name in ("dp8", "fsdp8")],
 )
 def test_sharded_training_matches_single_device(
     reference_runs, strategy, reduction_mode, model_name
