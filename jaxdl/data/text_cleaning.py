@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import unicodedata
 import zlib
 from collections.abc import Callable, Container, Hashable, Iterable, Sequence
@@ -271,5 +272,7 @@ def save_report(report: dict[str, Any], workdir: str | Path) -> Path:
     """Writes ``report`` as ``cleaning_report.json`` in ``workdir``; returns the path."""
     path = Path(workdir) / REPORT_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")  # written whole or not at all
+    tmp.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return path

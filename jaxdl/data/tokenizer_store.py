@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> dict[str, Any
     """Writes ``directory/tokenizer.json``; returns the signature to record with the model."""
     path = Path(directory) / TOKENIZER_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tokenizer.to_json(), encoding="utf-8")
+    # Written whole or not at all: a kill mid-write must not leave a truncated tokenizer.json.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(tokenizer.to_json(), encoding="utf-8")
+    os.replace(tmp, path)
     return tokenizer_signature(tokenizer)
 
 
