@@ -10,7 +10,7 @@ first step, and the per-step time after warm-up (each step blocks on its results
     python benchmarks/train_throughput.py --xla-flags=--xla_cpu_use_onednn=true
     python benchmarks/train_throughput.py --full --peer   # GPU: ResNet-50, B=256, 224x224, bf16
 
-The CPU default is the ResNet-18 case of /work/shared/peers/cpu_peers.py. ``--peer`` on CPU runs
+The CPU default is the ResNet-18 case of ../shared/peers/cpu_peers.py. ``--peer`` on CPU runs
 ``--rounds`` (default 5) rounds, each timing the jax step and then torch in a fresh subprocess (so
 the two thread pools never compete; torch with ``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP threads
 sleep), and reports the median per-round ratio with the load average of each round. With
@@ -57,7 +57,7 @@ FULL_WORKLOAD = {
 }
 PEER_SCRIPT_CANDIDATES = (
     os.path.join(REPO_ROOT, "shared", "peers", "torch_peers.py"),
-    "/work/shared/peers/torch_peers.py",
+    os.path.join(REPO_ROOT, "..", "shared", "peers", "torch_peers.py"),
 )
 TABLE_COLUMNS = (
     "framework",

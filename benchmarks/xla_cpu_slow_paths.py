@@ -71,7 +71,8 @@ def cases() -> list[dict[str, Any]]:
     key = jax.random.PRNGKey(0)
     pads = ((1, 1), (1, 1))
     out = []
-    convs = [  # (size, in, out, stride): ResNet-18 at 64x64 has the first, fourth and last
+    convs = [  # (size, in, out, stride): ResNet-18 at 64x64 has the first, second, fifth and last
+        (16, 64, 64, 1),  # YNNPACK's 64-channel conv: compare with --xla-flags (README)
         (16, 128, 128, 1),
         (2, 512, 512, 1),
         (2, 256, 256, 1),
