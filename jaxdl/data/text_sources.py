@@ -5,13 +5,20 @@ reads one line per record; ``HFTextSource`` reads one row of a memory-mapped Arr
 ``TokenizedText`` turns ``text`` into ``tokens`` with any ``Tokenizer`` (byte- or character-level
 here, trained subword or word vocabularies in ``jaxdl.data.subword``): variable-length
 documents for packed language modelling, or truncated, padded sequences for classification. An
-empty text or invalid UTF-8 is a ``RecordError`` naming the line or row.
+empty text or invalid UTF-8 is a ``RecordError`` naming the line or row (``data.on_error``
+decides: stop, or skip and count). Problems found when a source is opened raise a ``ValueError``
+naming the file (the loader makes it a one-line ``DataError``): a table without rows or that
+cannot be parsed, a missing column, label cells that are empty, NaN, fractional or a
+``ClassLabel``'s -1 ("no label"). Files without text are skipped with one warning; texts longer
+than ``max_len`` are truncated with one warning per process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +38,8 @@ from jaxdl.data.text import (
     byte_encode,
 )
 from jaxdl.data.views import describe_record, source_labels
+
+logger = logging.getLogger("jaxdl")
 
 
 class Tokenizer(Protocol):
@@ -167,6 +176,14 @@ class TextLineSource:
         self.offsets = np.concatenate(offsets) if offsets else np.zeros((0, 2), np.int64)
         if not len(self.offsets):
             raise ValueError(f"no non-blank lines in {self.files}")
+        empty = [f for f, o in zip(self.files, offsets, strict=True) if not len(o)]
+        if empty:
+            logger.warning(
+                "text_lines: skipped %d of %d files without text: %s",
+                len(empty),
+                len(self.files),
+                ", ".join(empty),
+            )
         self.labels = None
 
     def __len__(self) -> int:
@@ -207,12 +224,18 @@ class HFTextSource:
         **kwargs: Any,
     ):
         self.name = f"{name_or_path}[{split}]"
-        dataset = open_hf_dataset(name_or_path, split, **kwargs)
+        files = kwargs.get("data_files")
+        where = self.name + (f" ({files})" if files else "")  # errors name the user's files
+        dataset = _open_text_table(name_or_path, split, where, **kwargs)
         columns = [text_column] + ([label_column] if label_column else [])
-        check_columns(dataset, columns, self.name)
-        self.labels, self.class_names = (
-            _hf_labels(dataset, label_column) if label_column else (None, None)
-        )
+        check_columns(dataset, columns, where)
+        self.labels, self.class_names = None, None
+        if label_column:
+            _check_label_cells(dataset, label_column, where)
+            try:
+                self.labels, self.class_names = _hf_labels(dataset, label_column)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
         self.dataset = dataset.select_columns([text_column])
         self.text_column = text_column
 
@@ -237,6 +260,61 @@ class HFTextSource:
         )
 
 
+def _open_text_table(name_or_path: str, split: str, where: str, **kwargs: Any) -> Any:
+    """``open_hf_dataset`` with the builders' failures as one ``ValueError`` naming ``where``:
+    the json builder raises a bare ``StopIteration`` for a file without rows, the builders a
+    ``DatasetGenerationError`` (its cause several exceptions down) for bytes they cannot parse,
+    pyarrow an ``ArrowInvalid`` without the file's name."""
+    import datasets
+
+    try:
+        return open_hf_dataset(name_or_path, split, **kwargs)
+    except StopIteration:
+        raise ValueError(f"{where} has no rows (is the file empty?)") from None
+    except datasets.exceptions.DatasetGenerationError as error:
+        chain, cause = [], error
+        while cause is not None and len(chain) < 16:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        bad_utf8 = [e for e in chain if isinstance(e, UnicodeDecodeError)]
+        if bad_utf8:
+            raise ValueError(f"{where} is not valid UTF-8: {bad_utf8[0]}") from None
+        raise ValueError(f"cannot read {where}: {chain[-1]}") from None
+    except ValueError as error:  # pyarrow's ArrowInvalid (e.g. an empty parquet file), no split
+        raise ValueError(f"cannot read {where}: {error}") from None
+
+
+def _check_label_cells(dataset: Any, column: str, where: str) -> None:
+    """Raises a ``ValueError`` naming the first row whose label is missing (null, NaN, blank, or
+    -1, a ``ClassLabel``'s "no label") or a fractional number: unchecked, each would become a
+    class of its own."""
+    import datasets
+
+    no_label = -1 if isinstance(dataset.features[column], datasets.ClassLabel) else None
+    missing, fractional = [], []
+    for row, value in enumerate(dataset[column]):
+        if (
+            value is None
+            or value == no_label
+            or (isinstance(value, str) and not value.strip())
+            or (isinstance(value, float) and math.isnan(value))
+        ):
+            missing.append(row)
+        elif isinstance(value, float) and not value.is_integer():
+            fractional.append((row, value))
+    if missing:
+        raise ValueError(
+            f"{where}: label column {column!r} is empty in {len(missing)} row(s) (first: row "
+            f"{missing[0]}); label them or drop them"
+        )
+    if fractional:
+        row, value = fractional[0]
+        raise ValueError(
+            f"{where}: label column {column!r} holds non-integer numbers ({value!r} in row {row},"
+            f" {len(fractional)} row(s)); class labels must be integers or strings"
+        )
+
+
 def record_text(record: Record) -> str:
     """The ``text`` field of a record; ArrayRecord stores may hold it as UTF-8 bytes."""
     text = record["text"]
@@ -245,11 +323,17 @@ def record_text(record: Record) -> str:
     return str(text)
 
 
+# The max_len values this process has warned about truncating to (records are read one at a
+# time, in grain workers too, so the number of long texts is not known up front).
+_TRUNCATION_WARNED: set[int] = set()
+
+
 class TokenizedText:
     """``{"text"}`` records as ``{"tokens": int32}`` (plus ``labels`` when present).
 
     ``max_len`` None keeps whole documents (variable length, for packing); otherwise tokens are
-    truncated to ``max_len`` (after an optional CLS token) and right-padded with ``pad_id``.
+    truncated to ``max_len`` (after an optional CLS token) and right-padded with ``pad_id``; the
+    first truncated text is named in one warning per process.
     """
 
     def __init__(
@@ -277,6 +361,15 @@ class TokenizedText:
         if self.add_cls:
             tokens = np.concatenate([[self.tokenizer.cls_id], tokens]).astype(np.int32)
         if self.max_len is not None:
+            if len(tokens) > self.max_len and self.max_len not in _TRUNCATION_WARNED:
+                _TRUNCATION_WARNED.add(self.max_len)
+                logger.warning(
+                    "texts longer than max_len=%d tokens are truncated to it (first: %s, %d "
+                    "tokens); this is said once",
+                    self.max_len,
+                    self.describe(index),
+                    len(tokens),
+                )
             padded = np.full(self.max_len, self.tokenizer.pad_id, np.int32)
             tokens = tokens[: self.max_len]
             padded[: len(tokens)] = tokens

@@ -9,7 +9,7 @@ from jaxdl.models.cnn import VGG, LeNet5
 from jaxdl.models.registry import available_models, get_model, register_model
 from jaxdl.models.resnet import ResNet
 from jaxdl.models.rnn import RNNClassifier
-from jaxdl.models.transformer import TransformerClassifier, TransformerLM
+from jaxdl.models.transformer import TransformerClassifier, TransformerLM, TransformerMaskedLM
 
 __all__ = [
     "VGG",
@@ -21,6 +21,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerClassifier",
     "TransformerLM",
+    "TransformerMaskedLM",
     "TransformerStack",
     "available_models",
     "get_model",

@@ -1,11 +1,11 @@
 """Import 🤗 GPT-2 and BERT checkpoints (safetensors) into ``TransformerLM`` /
-``TransformerClassifier`` parameter trees.
+``TransformerClassifier`` / ``TransformerMaskedLM`` parameter trees.
 
 An explicit table maps every checkpoint tensor to one jaxdl parameter path with its layout
 transform (MaxText/levanter style), so each weight is accounted for: a tensor no rule takes, a
 parameter no tensor fills or a shape that does not fit is a one-line error naming it. Files are
-read with NumPy (no torch, no hub access): point ``import_gpt2`` or ``import_bert`` at a
-downloaded checkpoint.
+read with NumPy (no torch, no hub access): point ``import_gpt2``, ``import_bert`` or
+``import_bert_mlm`` at a downloaded checkpoint.
 """
 
 import dataclasses
@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 
 from jaxdl.errors import ConfigError, DataError
 from jaxdl.integrity import key_path_str
-from jaxdl.models.transformer import TransformerClassifier, TransformerLM
+from jaxdl.models.transformer import TransformerClassifier, TransformerLM, TransformerMaskedLM
 
 # (checkpoint tensor, num_heads) -> the tensor in jaxdl's layout.
 Transform = Callable[[np.ndarray, int], np.ndarray]
@@ -188,6 +188,22 @@ BERT_POOLER_RULES = (
 BERT_HEAD_RULES = (
     Rule("classifier.weight", "head/kernel", _transposed),
     Rule("classifier.bias", "head/bias"),
+)
+# BertForMaskedLM's / BertForPreTraining's masked-LM head in TransformerMaskedLM (its decoder
+# weight is the word-embedding table, tied; its decoder bias is cls.predictions.bias).
+BERT_MLM_RULES = (
+    Rule("cls.predictions.transform.dense.weight", "mlm_transform/kernel", _transposed),
+    Rule("cls.predictions.transform.dense.bias", "mlm_transform/bias"),
+    Rule("cls.predictions.transform.LayerNorm.weight", "mlm_norm/scale"),
+    Rule("cls.predictions.transform.LayerNorm.bias", "mlm_norm/bias"),
+    Rule("cls.predictions.bias", "mlm_bias"),
+)
+# The tied copies of BERT_MLM_RULES' decoder some files also store, and the next-sentence head.
+BERT_MLM_IGNORED = (
+    r"embeddings\.position_ids",
+    r"cls\.predictions\.decoder\.(weight|bias)",
+    r"cls\.seq_relationship\..*",
+    r"pooler\..*",
 )
 # The position-id buffer older files carry, and BertForPreTraining's MLM / next-sentence heads
 # (cls.*), which TransformerClassifier has no place for.
@@ -499,6 +515,37 @@ def import_bert(
             file,
             num_classes,
         )
+    return kwargs, params
+
+
+def import_bert_mlm(
+    path: str | os.PathLike, *, scan_layers: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model_kwargs, params)`` for a 🤗 ``BertForMaskedLM`` (or ``BertForPreTraining``)
+    checkpoint, so that ``TransformerMaskedLM(**model_kwargs).apply({'params': params}, tokens,
+    padding_mask, token_type_ids=types, train=False)`` gives its masked-LM logits. The pooler
+    and next-sentence head, if present, are skipped. ``path`` as for ``import_gpt2``."""
+    file = _weights_file(path)
+    config = _read_config(os.path.dirname(file))
+    if config.get("hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        raise ConfigError(
+            f"BERT config hidden_act={config.get('hidden_act')!r}: TransformerMaskedLM's head "
+            "reproduces GELU activations only"
+        )
+    tensors = {_bert_tensor_name(key): t for key, t in load_safetensors(file).items()}
+    kwargs = bert_model_kwargs(config, num_classes=1, pooler=False, scan_layers=scan_layers)
+    for key in ("num_classes", "pooling", "pooler"):
+        del kwargs[key]
+    params = map_tensors(
+        tensors,
+        (*BERT_RULES, *BERT_MLM_RULES),
+        abstract_params(TransformerMaskedLM(**kwargs)),
+        num_layers=kwargs["num_layers"],
+        num_heads=kwargs["num_heads"],
+        scan_layers=scan_layers,
+        ignore=BERT_MLM_IGNORED,
+        source=file,
+    )
     return kwargs, params
 
 

@@ -1,4 +1,4 @@
-"""Transformers: a causal language model and a sequence classifier.
+"""Transformers: a causal language model, a sequence classifier and a masked language model.
 
 Both embed tokens and run a ``jaxdl.layers.TransformerStack`` (see there for ``scan_layers``
 and ``remat_policy``); every parameter and activation carries logical axis names. Switches
@@ -11,7 +11,10 @@ summed embeddings). The classifier also has ``token_type_vocab`` (a token-type t
 ``type_embed`` and a ``token_type_ids`` input) and ``pooler`` ('none' | 'tanh'); with
 ``norm_position='post'``, ``embedding_norm``, ``token_type_vocab=2``, ``pooler='tanh'``,
 ``norm_epsilon=1e-12``, ``mlp_activation='gelu_exact'`` and ``pooling='cls'`` it is BERT
-(``jaxdl.models.hf_import.import_bert``).
+(``jaxdl.models.hf_import.import_bert``). ``TransformerMaskedLM`` is the classifier's encoder
+(same parameter names: ``token_embed``, ``pos_embed``, ``type_embed``, ``embed_norm``,
+``encoder``) under BERT's masked-LM head, so a classifier fine-tunes from a pre-trained MLM
+workdir by taking those subtrees (``init.take``).
 """
 
 import functools
@@ -38,7 +41,13 @@ from jaxdl.layers.transformer import NORM_POSITIONS
 from jaxdl.models.registry import register_model
 
 # TransformerBlock and TransformerStack live in jaxdl.layers; re-exported here for existing imports.
-__all__ = ["TransformerBlock", "TransformerClassifier", "TransformerLM", "TransformerStack"]
+__all__ = [
+    "TransformerBlock",
+    "TransformerClassifier",
+    "TransformerLM",
+    "TransformerMaskedLM",
+    "TransformerStack",
+]
 
 POSITION_EMBEDDINGS = ("learned", "sinusoidal", "rotary")
 POOLINGS = ("mean", "cls")
@@ -410,6 +419,100 @@ class TransformerClassifier(nn.Module):
             )
         pooled = nn.with_logical_constraint(pooled.astype(self.dtype), ("batch", "embed"))
         return classifier_head(pooled, self.num_classes, self.dtype, self.param_dtype)
+
+
+@register_model("transformer_mlm")
+class TransformerMaskedLM(nn.Module):
+    """Bidirectional encoder with BERT's masked-LM head: int tokens [B, T] -> float32 logits
+    [B, T, vocab] predicting every position's original token.
+
+    The embeddings and ``encoder`` are ``TransformerClassifier``'s (same fields and parameter
+    names), so its weights warm-start a classifier. The head is BERT's ``cls.predictions``:
+    ``mlm_transform`` (dense [embed, embed] named ('embed','mlp')), GELU (exact with
+    ``mlp_activation='gelu_exact'``, else the tanh approximation), ``mlm_norm``, then the tied
+    token table plus a per-token bias ``mlm_bias`` [vocab] named ('vocab',). Padding positions
+    (``tokens == pad_id`` unless ``padding_mask`` says otherwise) are masked out of attention.
+    """
+
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    embed_dim: int
+    mlp_dim: int
+    max_len: int
+    dropout_rate: float = 0.0
+    pad_id: int = 0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    position_embedding: str = "learned"
+    norm: str = "layer"
+    mlp_activation: str = "gelu"
+    num_kv_heads: int | None = None
+    norm_position: str = "pre"
+    norm_epsilon: float = 1e-5
+    embedding_norm: bool = False
+    token_type_vocab: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate hyper-parameters at construction so bad configs fail early."""
+        _check_config(self)
+        if self.token_type_vocab < 0:
+            raise ValueError(
+                f"TransformerMaskedLM token_type_vocab must be >= 0, got {self.token_type_vocab}"
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        padding_mask: jax.Array | None = None,
+        *,
+        token_type_ids: jax.Array | None = None,
+        train: bool,
+    ) -> jax.Array:
+        """Logits [B, T, vocab] (float32) for ``tokens`` [B, T] (with [MASK]s in place);
+        ``padding_mask`` / ``token_type_ids`` as for ``TransformerClassifier``."""
+        _check_tokens(tokens, self.max_len, "TransformerMaskedLM")
+        if token_type_ids is not None and not self.token_type_vocab:
+            raise ValueError("TransformerMaskedLM got token_type_ids but has token_type_vocab=0")
+        padding_mask = tokens != self.pad_id if padding_mask is None else padding_mask != 0
+        x, embed = _embed_and_encode(
+            self,
+            tokens,
+            padding_mask,
+            causal=False,
+            train=train,
+            name="encoder",
+            token_type_ids=token_type_ids,
+        )
+        x = Dense(
+            self.embed_dim,
+            kernel_axes=("embed", "mlp"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="mlm_transform",
+        )(x)
+        x = jax.nn.gelu(x, approximate=self.mlp_activation != "gelu_exact")
+        x = make_norm(
+            self.norm,
+            axis_name="embed",
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            epsilon=self.norm_epsilon,
+            name="mlm_norm",
+        )(nn.with_logical_constraint(x, ("batch", "length", "embed")))
+        bias = self.param(
+            "mlm_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+            (self.vocab_size,),
+            self.param_dtype,
+        )
+        logits = embed.attend(x).astype(jnp.float32) + bias.astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 # GPT-2 sizes (Radford et al. 2019); everything but dropout/dtypes/scan/remat is fixed.

@@ -12,6 +12,7 @@ from jaxdl.tasks.classification import (
     classification_loss,
 )
 from jaxdl.tasks.language_modeling import LanguageModeling, unigram_log_probs
+from jaxdl.tasks.masked_lm import MaskedLanguageModeling
 from jaxdl.tasks.registry import available_tasks, build_task, register_task
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Field",
     "ImageClassification",
     "LanguageModeling",
+    "MaskedLanguageModeling",
     "SequenceClassification",
     "Task",
     "available_tasks",

@@ -13,6 +13,7 @@ from jaxdl.errors import ConfigError, DataError
 from jaxdl.tasks.base import Task
 from jaxdl.tasks.classification import ImageClassification, SequenceClassification
 from jaxdl.tasks.language_modeling import LanguageModeling
+from jaxdl.tasks.masked_lm import MaskedLanguageModeling
 
 TaskBuilder = Callable[[ml_collections.ConfigDict, DataSplits, ml_collections.ConfigDict], Task]
 
@@ -109,4 +110,36 @@ def _language_modeling(task_config, data, config) -> Task:
         unigram_counts=data.info.get("unigram_counts"),
         pad_id=int(data.info.get("pad_id", 0)),
         packed=data_packed,
+    )
+
+
+@register_task("masked_lm")
+def _masked_lm(task_config, data, config) -> MaskedLanguageModeling:
+    """The data's tokenizer gives the mask token and the special ids (never selected, and below
+    every random replacement); ``task.mask_rate`` / ``replace_with_mask`` /
+    ``replace_with_random`` default to BERT's 0.15 / 0.8 / 0.1."""
+    del config
+    tokenizer = data.info.get("tokenizer")
+    mask_id = getattr(tokenizer, "mask_id", None)
+    if mask_id is None:
+        raise ConfigError(
+            f"task masked_lm needs a tokenizer with a mask token; the data's tokenizer "
+            f"{tokenizer!r} has none (set data.options.tokenizer to one that has: "
+            f"bpe, wordpiece, unigram or word)"
+        )
+    specials = [
+        int(i)
+        for i in (getattr(tokenizer, name, None) for name in ("pad_id", "unk_id", "cls_id"))
+        if i is not None
+    ]
+    return MaskedLanguageModeling(
+        max_len=_first(data, "tokens", "masked_lm").shape[0],
+        vocab_size=int(data.info.get("vocab_size", tokenizer.vocab_size)),
+        mask_id=int(mask_id),
+        pad_id=int(data.info.get("pad_id", 0)),
+        special_ids=[i for i in specials if i != getattr(tokenizer, "unk_id", None)],
+        first_regular_id=max([*specials, int(mask_id)]) + 1,
+        mask_rate=float(task_config.get("mask_rate", 0.15)),
+        replace_with_mask=float(task_config.get("replace_with_mask", 0.8)),
+        replace_with_random=float(task_config.get("replace_with_random", 0.1)),
     )

@@ -326,7 +326,10 @@ class Trainer:
             )
             self._print(f"resumed from step {int(self.state.step)}")
         else:
-            self.state, taken = warm_start(self.state, cfg.get("init", {}) or {})
+            # data_info: token embeddings from a run with another tokenizer are refused.
+            self.state, taken = warm_start(
+                self.state, cfg.get("init", {}) or {}, data_info=exp.data.info
+            )
             if taken:
                 self._print(f"initialised {len(taken)} arrays from {_init_source(cfg)}")
         if is_main_process():

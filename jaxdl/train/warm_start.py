@@ -8,11 +8,16 @@ Paths are ``/``-joined tree keys of the train state:
 ``params/encoder/layers/attention/query/kernel``,
 ``batch_stats/stem_norm/mean``. Patterns are shell-style (``fnmatch``): ``params/*`` takes all
 parameters, ``params/head/*`` names the classifier head.
+
+Token ids mean nothing without their tokenizer: when the trainer passes the run's data ``info``,
+taking token-indexed parameters (``TOKEN_INDEXED``) from a ``from_workdir`` whose
+``tokenizer.json`` differs from the run's tokenizer is refused (``check_tokenizer``).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxdl.checkpoint import read_tree_metadata
+from jaxdl.data.tokenizer_store import TOKENIZER_FILENAME, load_tokenizer, tokenizer_signature
 from jaxdl.errors import ConfigError
 from jaxdl.integrity import key_path_str
 
@@ -28,6 +34,8 @@ DEFAULT_TAKE = ("params/*", "batch_stats/*")
 # Subtrees of the train state that can be taken from another run (optimiser state, step and rng
 # always start fresh).
 TRANSFERABLE = ("params", "batch_stats")
+# Leaves indexed by token id: the embedding table, an untied LM head, the MLM output bias.
+TOKEN_INDEXED = ("*token_embed/*", "*lm_head/*", "*mlm_bias")
 
 
 def flatten_paths(tree: Any) -> dict[str, Any]:
@@ -72,18 +80,70 @@ def resolve_source(init_config: Mapping[str, Any]) -> str | None:
     raise ConfigError(f"init.from_workdir: no checkpoint in {workdir}")
 
 
+def _describe(signature: Mapping[str, Any]) -> str:
+    return (
+        f"{signature['kind']} (vocab {signature['vocab_size']}, "
+        f"fingerprint {str(signature['fingerprint'])[:12]})"
+    )
+
+
+def check_tokenizer(init_config: Mapping[str, Any], tokenizer: Any, taken: Sequence[str]) -> None:
+    """Refuses token-indexed weights from a run with another tokenizer.
+
+    When ``taken`` includes a ``TOKEN_INDEXED`` leaf (``params/token_embed/embedding``, an
+    untied ``lm_head``, ``mlm_bias``) and ``init.from_workdir`` holds a ``tokenizer.json`` whose
+    signature (kind, vocabulary size, fingerprint) differs from ``tokenizer``'s (the run's data
+    tokenizer), each id would select another token's row: a ``ConfigError`` names both tokenizers
+    and the source workdir. A mismatch is allowed when no such leaf is taken (the user put them
+    in ``init.reinit`` or takes only other subtrees, e.g. ``params/encoder/*``): the encoder then
+    learns new embeddings. When only one side has a tokenizer (an older source without
+    ``tokenizer.json``, or data that records none) nothing can be compared: one warning. An
+    unreadable or altered source ``tokenizer.json`` is ``load_tokenizer``'s ``DataError``.
+    ``from_checkpoint`` sources carry no tokenizer and are not checked.
+    """
+    workdir = init_config.get("from_workdir")
+    token_leaves = [path for path in taken if _matches(path, TOKEN_INDEXED)]
+    if not hasattr(tokenizer, "to_json"):  # like the trainer, which saves only such tokenizers
+        tokenizer = None
+    if not workdir or not token_leaves:
+        return
+    path = os.path.join(workdir, TOKENIZER_FILENAME)
+    source = load_tokenizer(path) if os.path.isfile(path) else None
+    if source is None and tokenizer is None:
+        return
+    if source is None or tokenizer is None:
+        logging.getLogger("jaxdl").warning(
+            "init.from_workdir: %s; token ids are assumed to mean the same tokens in both runs",
+            f"{workdir} has no {TOKENIZER_FILENAME}"
+            if source is None
+            else f"this run's data records no tokenizer to compare with {path}",
+        )
+        return
+    ours, theirs = tokenizer_signature(tokenizer), tokenizer_signature(source)
+    if ours != theirs:
+        raise ConfigError(
+            f"init.from_workdir: {workdir} was trained with tokenizer {_describe(theirs)} but this "
+            f"run's data uses {_describe(ours)}: taking {token_leaves[0]} would give token ids "
+            f"another vocabulary's embeddings (train with the source's {TOKENIZER_FILENAME}, or "
+            f"add {', '.join(TOKEN_INDEXED)} to init.reinit to learn new ones)"
+        )
+
+
 def warm_start(
     state: Any,
     init_config: Mapping[str, Any],
     *,
     take: Sequence[str] | None = None,
+    data_info: Mapping[str, Any] | None = None,
 ) -> tuple[Any, list[str]]:
     """Replaces the leaves of ``state`` chosen by ``init.take`` minus ``init.reinit`` with the
     source checkpoint's; returns the new state and the paths taken.
 
     Each taken leaf is read straight into the destination's sharding (Orbax partial restore), so
     no host holds the whole source. A chosen leaf missing from the source, or of another shape,
-    is a ``ConfigError`` naming it; add it to ``init.reinit`` to keep it fresh.
+    is a ``ConfigError`` naming it; add it to ``init.reinit`` to keep it fresh. With
+    ``data_info`` (the run's data ``info``), ``check_tokenizer`` compares its ``tokenizer`` with
+    the source workdir's first, before any weight is read.
     """
     source = resolve_source(init_config)
     if source is None:
@@ -106,6 +166,8 @@ def warm_start(
     }
     if not chosen:
         raise ConfigError(f"init.take {list(take)} (minus init.reinit) selects no parameter")
+    if data_info is not None:
+        check_tokenizer(init_config, data_info.get("tokenizer"), list(chosen))
     for path, leaf in chosen.items():
         if path not in available:
             raise ConfigError(
