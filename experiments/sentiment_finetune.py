@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         tokenizer="wordpiece",
         vocab_size=8000,
         learning_rate=5e-4,
+        augment_copies=0,
     )
     if not args.pretrained:
         raise ConfigError("sentiment_finetune.py needs pretrained=<masked-LM workdir>")
@@ -46,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = load_config(
         f"{base}:epochs={args.epochs},layers={args.layers},width={args.width},"
         f"max_len={args.max_len},batch_size={args.batch_size},tokenizer={args.tokenizer},"
-        f"vocab_size={args.vocab_size}"
+        f"vocab_size={args.vocab_size},augment_copies={args.augment_copies}"
     )
     config.unlock()
     config.init.from_workdir = args.pretrained

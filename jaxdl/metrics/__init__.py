@@ -1,4 +1,5 @@
-"""Classification metrics (on-device confusion matrices, sklearn-equal scores) and PNG plots."""
+"""Classification metrics (on-device confusion matrices, sklearn-equal scores), label-noise
+estimation (confident learning) and PNG plots."""
 
 from jaxdl.metrics.classification import (
     accuracy,
@@ -7,13 +8,17 @@ from jaxdl.metrics.classification import (
     confusion_matrix,
     precision_recall_f1,
 )
+from jaxdl.metrics.label_noise import LabelNoiseEstimate, confident_joint, estimate_label_noise
 from jaxdl.metrics.plots import plot_confusion_matrix, plot_learning_curves
 
 __all__ = [
+    "LabelNoiseEstimate",
     "accuracy",
     "as_confusion_matrix",
     "classification_report",
+    "confident_joint",
     "confusion_matrix",
+    "estimate_label_noise",
     "plot_confusion_matrix",
     "plot_learning_curves",
     "precision_recall_f1",
