@@ -141,3 +141,28 @@ def test_without_skip_a_non_finite_step_is_applied_as_computed():
     assert bool(metrics["nonfinite"])
     leaves = jax.tree.leaves(jax.device_get(state.params))
     assert any(not np.isfinite(leaf).all() for leaf in leaves)
+
+
+def test_a_step_compiled_ahead_of_time_is_the_one_called():
+    """``lower(...).compile()`` (the trainer's AOT compile) and the calls that follow share one
+    trace: a call never compiles the step a second time, whatever the learning-rate scale."""
+    traces = []
+    train_step = make_train_step()
+
+    def counted(*args):
+        traces.append(1)
+        return train_step(*args)
+
+    mesh = make_mesh({"data": 8})
+    model = get_model("lenet5", num_classes=10)
+    sample = jax.ShapeDtypeStruct((32, 8, 8, 1), np.float32)
+    state, shardings = create_sharded_train_state(
+        model, optax.sgd(0.1), jax.random.PRNGKey(0), sample, mesh
+    )
+    sharding = batch_sharding(mesh)
+    step = ShardedStep(counted, mesh, shardings, sharding, returns_state=True)
+    batch = shard_batch(_batch(), sharding)
+    step.lower(state, batch).compile()
+    for scale in (1.0, 0.5):
+        state, _ = step(state, batch, scale)
+    assert len(traces) == 1

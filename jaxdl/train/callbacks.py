@@ -228,6 +228,9 @@ class TrainLogger(Callback):
     def on_step_end(self, loop, step, metrics) -> None:
         self._pending.append(metrics)
         if self._window_start is None:
+            # The step was only dispatched: wait for it, so the clock starts when it has run and
+            # the window's other steps are exactly what it times (one sync per window).
+            jax.block_until_ready(metrics)
             self._window_start, self._timed_steps = time.perf_counter(), 0
         else:
             self._timed_steps += 1

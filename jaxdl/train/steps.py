@@ -231,8 +231,11 @@ class ShardedStep:
         return (state, batch, lr_scale) if self.returns_state else (state, batch)
 
     def __call__(self, state, batch, lr_scale: float = 1.0):
+        # The scale goes in as ``lower`` declares it (a replicated array), so a step compiled
+        # ahead of time by ``lower(...).compile()`` is the one called: no second compile.
+        scale = jax.device_put(np.float32(lr_scale), self._scale_sharding)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            return self._jitted(*self._args(state, batch, np.float32(lr_scale)))
+            return self._jitted(*self._args(state, batch, scale))
 
     def lower(self, state, batch):
         """Lowers without running (for AOT compilation, HLO and memory analysis)."""
