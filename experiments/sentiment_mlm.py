@@ -21,7 +21,7 @@ from jaxdl.config import load_config, parse_config_arg
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_config_arg(
         arg,
-        epochs=20,
+        epochs=15,
         layers=2,
         width=96,
         max_len=96,
