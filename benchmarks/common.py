@@ -11,9 +11,11 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -88,6 +90,35 @@ def environment_info() -> dict[str, Any]:
         "process_count": jax.process_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "versions": versions,
+    }
+
+
+def time_steps(run_step: Callable[[], None], warmup: int, steps: int) -> dict[str, Any]:
+    """Times the first call, ``warmup - 1`` more untimed calls, then ``steps`` timed calls.
+
+    ``run_step`` must block until its results exist. Besides wall time per step it records the
+    process CPU time per step, which time-slicing by other processes on a shared machine inflates
+    much less than wall time (useful for A/B comparisons of one framework's settings).
+    """
+    start = time.perf_counter()
+    run_step()
+    first_step_seconds = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        run_step()
+    seconds = []
+    cpu_start = time.process_time()
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_step()
+        seconds.append(time.perf_counter() - start)
+    cpu_seconds = time.process_time() - cpu_start
+    return {
+        "first_step_s": first_step_seconds,
+        "step_ms_mean": statistics.fmean(seconds) * 1e3,
+        "step_ms_median": statistics.median(seconds) * 1e3,
+        "step_ms_min": min(seconds) * 1e3,
+        "cpu_ms_per_step": cpu_seconds / steps * 1e3,
+        "step_seconds": seconds,
     }
 
 

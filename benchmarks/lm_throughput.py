@@ -54,7 +54,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from common import REPO_ROOT, add_common_args, apply_xla_flags, format_table, write_report
+from common import (
+    REPO_ROOT,
+    add_common_args,
+    apply_xla_flags,
+    format_table,
+    time_steps,
+    write_report,
+)
 
 NAME = "lm_throughput"
 LM_TEXT_CONFIG = os.path.join(REPO_ROOT, "experiments", "lm_text.py")
@@ -283,30 +290,10 @@ def write_config(
 def measure_steps(
     run_step: Callable[[], None], warmup: int, steps: int, tokens_per_step: int
 ) -> dict[str, Any]:
-    """First call, ``warmup - 1`` untimed calls, then ``steps`` timed calls (each blocking):
-    median/mean wall ms, process CPU ms per step and tokens/s (from the median)."""
-    start = time.perf_counter()
-    run_step()
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        run_step()
-    seconds = []
-    cpu_start = time.process_time()
-    for _ in range(steps):
-        start = time.perf_counter()
-        run_step()
-        seconds.append(time.perf_counter() - start)
-    cpu = time.process_time() - cpu_start
-    median = statistics.median(seconds)
-    return {
-        "first_step_s": first,
-        "step_ms": median * 1e3,
-        "step_ms_mean": statistics.fmean(seconds) * 1e3,
-        "step_ms_min": min(seconds) * 1e3,
-        "cpu_ms_per_step": cpu / steps * 1e3,
-        "tokens_per_s": tokens_per_step / median,
-        "step_seconds": seconds,
-    }
+    """``common.time_steps`` with ``step_ms`` the median and tokens/s from it."""
+    timed = time_steps(run_step, warmup, steps)
+    median = timed.pop("step_ms_median")
+    return {**timed, "step_ms": median, "tokens_per_s": tokens_per_step / (median / 1e3)}
 
 
 def children_cpu_seconds() -> float:

@@ -30,7 +30,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from common import REPO_ROOT, add_common_args, apply_xla_flags, format_table, write_report
+from common import (
+    REPO_ROOT,
+    add_common_args,
+    apply_xla_flags,
+    format_table,
+    time_steps,
+    write_report,
+)
 
 NAME = "train_throughput"
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -132,34 +139,9 @@ def workload_of(args: argparse.Namespace) -> dict[str, Any]:
 def measure_steps(
     run_step: Callable[[], None], warmup: int, steps: int, batch_size: int
 ) -> dict[str, Any]:
-    """Times the first call, ``warmup - 1`` more untimed calls, then ``steps`` timed calls.
-
-    ``run_step`` must block until its results exist. Besides wall time per step it records the
-    process CPU time per step, which time-slicing by other processes on a shared machine inflates
-    much less than wall time (useful for A/B comparisons of one framework's settings).
-    """
-    start = time.perf_counter()
-    run_step()
-    first_step_seconds = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        run_step()
-    seconds = []
-    cpu_start = time.process_time()
-    for _ in range(steps):
-        start = time.perf_counter()
-        run_step()
-        seconds.append(time.perf_counter() - start)
-    cpu_seconds = time.process_time() - cpu_start
-    mean = statistics.fmean(seconds)
-    return {
-        "first_step_s": first_step_seconds,
-        "step_ms_mean": mean * 1e3,
-        "step_ms_median": statistics.median(seconds) * 1e3,
-        "step_ms_min": min(seconds) * 1e3,
-        "cpu_ms_per_step": cpu_seconds / steps * 1e3,
-        "images_per_s": batch_size / mean,
-        "step_seconds": seconds,
-    }
+    """``common.time_steps`` plus images/s (from the mean step)."""
+    timed = time_steps(run_step, warmup, steps)
+    return {**timed, "images_per_s": batch_size / (timed["step_ms_mean"] / 1e3)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ TRANSFORMER_NORMS = ("layer", "rms")
 
 
 def _check_config(model: nn.Module) -> None:
-    """Shared construction-time checks of TransformerLM/TransformerClassifier hyper-parameters."""
+    """Shared construction-time checks of the Transformer models' hyper-parameters."""
     kind = type(model).__name__
     for name in ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len"):
         if getattr(model, name) < 1:
@@ -67,6 +67,8 @@ def _check_config(model: nn.Module) -> None:
         )
     if not 0.0 <= model.dropout_rate < 1.0:
         raise ValueError(f"{kind} dropout_rate must be in [0, 1), got {model.dropout_rate}")
+    if getattr(model, "token_type_vocab", 0) < 0:
+        raise ValueError(f"{kind} token_type_vocab must be >= 0, got {model.token_type_vocab}")
     for name, choices in (
         ("remat_policy", REMAT_POLICIES),
         ("position_embedding", POSITION_EMBEDDINGS),
@@ -330,10 +332,6 @@ class TransformerClassifier(nn.Module):
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
         _check_config(self)
-        if self.token_type_vocab < 0:
-            raise ValueError(
-                f"TransformerClassifier token_type_vocab must be >= 0, got {self.token_type_vocab}"
-            )
         if self.pooler not in POOLERS:
             raise ValueError(
                 f"TransformerClassifier pooler must be one of {POOLERS}, got {self.pooler!r}"
@@ -458,10 +456,6 @@ class TransformerMaskedLM(nn.Module):
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
         _check_config(self)
-        if self.token_type_vocab < 0:
-            raise ValueError(
-                f"TransformerMaskedLM token_type_vocab must be >= 0, got {self.token_type_vocab}"
-            )
         super().__post_init__()
 
     @nn.compact

@@ -216,6 +216,7 @@ class ShardedStep:
         self.returns_state = returns_state
         replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
         self._scale_sharding = replicated
+        self._scale: tuple[float, jax.Array] | None = None  # last (value, replicated array)
         out_shardings = (state_shardings, replicated) if returns_state else replicated
         in_shardings = (state_shardings, batch_sharding)
         if returns_state:
@@ -233,7 +234,9 @@ class ShardedStep:
     def __call__(self, state, batch, lr_scale: float = 1.0):
         # The scale goes in as ``lower`` declares it (a replicated array), so a step compiled
         # ahead of time by ``lower(...).compile()`` is the one called: no second compile.
-        scale = jax.device_put(np.float32(lr_scale), self._scale_sharding)
+        if self._scale is None or self._scale[0] != lr_scale:  # placed once per value
+            self._scale = (lr_scale, jax.device_put(np.float32(lr_scale), self._scale_sharding))
+        scale = self._scale[1]
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             return self._jitted(*self._args(state, batch, scale))
 
