@@ -676,7 +676,8 @@ def run_full(args: argparse.Namespace, overrides: Sequence[str]) -> int:
                     }
                 )
                 print(format_table(rows[-1:], FULL_COLUMNS).splitlines()[-1], flush=True)
-        rows += run_torch_gpu_peer()
+        if not args.no_peer:
+            rows += run_torch_gpu_peer()
     print(format_table(rows, FULL_COLUMNS))
     print(f"MFU: tokens/s x ({formula}) / {args.peak_tflops:g} TFLOP/s")
     report = {

@@ -42,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     config.model.scan_layers = True
     config.model.remat_policy = "none"
+    config.model.attention_impl = "auto"  # cuDNN fused attention on GPU in bf16, else XLA
+    config.model.qkv_fused = False  # True: one [embed, 3, heads, head_dim] projection
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"

@@ -20,6 +20,7 @@ from jaxdl.layers import (
     dropout_attention,
     make_norm,
 )
+from jaxdl.layers.attention import attention_implementation
 from jaxdl.models import TransformerClassifier, TransformerLM
 from jaxdl.parallel import DEFAULT_RULES, logical_to_shardings, make_mesh
 
@@ -31,6 +32,7 @@ SWITCHES = {
     "swiglu": dict(mlp_activation="swiglu"),
     "rotary": dict(position_embedding="rotary"),
     "gqa": dict(num_kv_heads=2),
+    "qkv_fused": dict(qkv_fused=True),
     "all": dict(norm="rms", mlp_activation="swiglu", position_embedding="rotary", num_kv_heads=1),
 }
 
@@ -288,6 +290,8 @@ def test_causal_masking_and_padding_hold_with_each_switch(switch):
         (dict(norm="batch"), "norm"),
         (dict(mlp_activation="swish"), "mlp_activation"),
         (dict(position_embedding="rotary", embed_dim=20), "even head dim"),
+        (dict(attention_impl="flash"), "attention_impl"),
+        (dict(qkv_fused=True, num_kv_heads=1), "qkv_fused"),
     ],
 )
 def test_bad_switches_fail_at_construction(overrides, message):
@@ -302,3 +306,51 @@ def test_decoding_needs_causal_unpadded_attention_and_model_positions():
         TransformerLM(**TINY).init(KEY, TOKENS, train=False, decode=True)
     with pytest.raises(ValueError, match="num_kv_heads"):
         MultiHeadAttention(num_heads=4, head_dim=4, num_kv_heads=3)
+
+
+def test_auto_attention_uses_cudnn_only_where_it_applies():
+    half = jnp.zeros((1, 8, 2, 64), jnp.bfloat16)
+    on_gpu = jax.default_backend() == "gpu"
+    assert attention_implementation("auto", half, None) == ("cudnn" if on_gpu else None)
+    # Full precision, an explicit mask or an unsupported head size keep XLA's path.
+    assert attention_implementation("auto", half.astype(jnp.float32), None) is None
+    assert attention_implementation("auto", half, jnp.ones((1, 1, 8, 8), bool)) is None
+    assert attention_implementation("auto", jnp.zeros((1, 8, 2, 12), jnp.bfloat16), None) is None
+    assert attention_implementation("xla", half, None) is None
+    assert attention_implementation("cudnn", half, None) == "cudnn"
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_attention_equals_xla_attention_in_bf16():
+    x = jax.random.normal(KEY, (2, 128, 256), jnp.bfloat16)
+    outputs, grads = {}, {}
+    for impl in ("xla", "cudnn"):
+        layer = MultiHeadAttention(
+            num_heads=4, head_dim=64, causal=True, dtype=jnp.bfloat16, attention_impl=impl
+        )
+        params = layer.init(KEY, x, train=False)
+        outputs[impl] = layer.apply(params, x, train=False).astype(jnp.float32)
+
+        def loss(p, layer=layer):
+            return jnp.sum(layer.apply(p, x, train=False).astype(jnp.float32))
+
+        grads[impl] = jax.grad(loss)(params)["params"]["query"]["kernel"].value
+    np.testing.assert_allclose(outputs["cudnn"], outputs["xla"], atol=2e-2, rtol=2e-2)
+    np.testing.assert_allclose(grads["cudnn"], grads["xla"], atol=5e-2, rtol=5e-2)
+
+
+def test_fused_qkv_projection_equals_three_projections():
+    separate = TransformerLM(**TINY, scan_layers=False)
+    params = nn.unbox(separate.init(KEY, TOKENS, train=False)["params"])
+    fused_params = jax.tree.map(lambda x: x, params)
+    for layer in range(TINY["num_layers"]):
+        attention = fused_params["decoder"][f"layers_{layer}"]["attention"]
+        parts = [attention.pop(name) for name in ("query", "key", "value")]
+        attention["qkv"] = {
+            "kernel": jnp.stack([part["kernel"] for part in parts], axis=1),
+            "bias": jnp.stack([part["bias"] for part in parts], axis=0),
+        }
+    fused = TransformerLM(**TINY, scan_layers=False, qkv_fused=True)
+    expected = separate.apply({"params": params}, TOKENS, train=False)
+    actual = fused.apply({"params": fused_params}, TOKENS, train=False)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)

@@ -26,6 +26,28 @@ EMBED_ACTIVATION_AXES = ("batch", "length", "embed")
 KV_HEADS = "kv_heads"
 
 
+# How ``jax.nn.dot_product_attention`` computes attention: 'xla' (scores materialised; every
+# backend), 'cudnn' (fused flash attention: GPU, bf16/fp16) or 'auto' (cudnn where it applies).
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def attention_implementation(impl: str, query: jax.Array, mask: jax.Array | None) -> str | None:
+    """``jax.nn.dot_product_attention``'s ``implementation`` for ``impl`` and ``query``
+    [B, T, N, D].
+
+    'auto' picks cuDNN's fused kernel on GPU for half-precision inputs with D a multiple of 8
+    up to 128 and no explicit mask (causal or full attention: its flash path; an explicit mask
+    would become a dense bias), and XLA otherwise; XLA's path materialises the [B, N, T, S]
+    scores, which caps GPU MFU at long sequence lengths.
+    """
+    if impl == "auto":
+        half = query.dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        head_dim = query.shape[-1]
+        supported = half and head_dim % 8 == 0 and head_dim <= 128 and mask is None
+        return "cudnn" if supported and jax.default_backend() == "gpu" else None
+    return None if impl == "xla" else impl
+
+
 def segment_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array | None = None) -> jax.Array:
     """Boolean attention mask [batch, 1, q_length, kv_length] for packed sequences.
 
@@ -100,9 +122,14 @@ class _Attention(nn.Module):
     dropout_rate: float = 0.0
     use_bias: bool = True
     num_kv_heads: int | None = None
+    attention_impl: str = "auto"
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
+            )
         if self.num_heads < 1 or self.head_dim < 1:
             raise ValueError(
                 f"{type(self).__name__} needs num_heads >= 1 and head_dim >= 1, "
@@ -185,7 +212,10 @@ class _Attention(nn.Module):
             dropout = nn.Dropout(self.dropout_rate, deterministic=False)
             out = dropout_attention(query, key, value, mask, causal=causal, dropout=dropout)
         else:
-            out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal)
+            implementation = attention_implementation(self.attention_impl, query, mask)
+            out = jax.nn.dot_product_attention(
+                query, key, value, mask=mask, is_causal=causal, implementation=implementation
+            )
         out = nn.with_logical_constraint(out, HEADS_ACTIVATION_AXES)
         shape = (self.num_heads, self.head_dim, features)
         out = self._projection("btnd,nde->bte", shape, OUT_KERNEL_AXES, (0, 1), "out")(out)
@@ -205,8 +235,9 @@ class MultiHeadAttention(_Attention):
     and keys by their positions (``apply_rotary``, RoPE) instead of a position table.
 
     Attention runs through ``jax.nn.dot_product_attention`` (float32 logits and softmax even
-    for bf16 inputs; cuDNN-capable); when training with ``dropout_rate > 0`` the einsum path
-    ``dropout_attention`` applies dropout to the attention probabilities.
+    for bf16 inputs; ``attention_impl`` picks XLA or cuDNN's fused kernel); when training
+    with ``dropout_rate > 0`` the einsum path ``dropout_attention`` applies dropout to the
+    attention probabilities.
 
     Decoding (``decode=True``, causal only) keeps keys and values in the 'cache' collection:
     ``cached_key``/``cached_value`` [batch, cache_length, kv_heads, head_dim] named

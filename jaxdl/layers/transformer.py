@@ -33,8 +33,9 @@ class TransformerBlock(nn.Module):
     Parameters: ``attn_norm``, ``attention`` (a MultiHeadAttention with head_dim E / num_heads),
     ``mlp_norm`` and ``mlp`` (an MlpBlock). Variants: ``norm`` ('layer' or 'rms', see
     ``make_norm``), ``mlp_activation`` (an ``MLP_ACTIVATIONS`` name, e.g. 'swiglu'),
-    ``num_kv_heads`` (grouped-query attention), ``rotary`` (RoPE on queries and keys) and
-    ``norm_epsilon`` (the norms' epsilon).
+    ``num_kv_heads`` (grouped-query attention), ``rotary`` (RoPE on queries and keys),
+    ``norm_epsilon`` (the norms' epsilon), ``attention_impl`` and ``qkv_fused`` (one
+    [embed, 3, heads, head_dim] projection instead of three; MultiHeadAttention's).
     """
 
     num_heads: int
@@ -49,6 +50,8 @@ class TransformerBlock(nn.Module):
     rotary: bool = False
     norm_position: str = "pre"
     norm_epsilon: float = 1e-5
+    attention_impl: str = "auto"
+    qkv_fused: bool = False
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -100,6 +103,8 @@ class TransformerBlock(nn.Module):
             causal=self.causal,
             num_kv_heads=self.num_kv_heads,
             rotary=self.rotary,
+            attention_impl=self.attention_impl,
+            qkv_fused=self.qkv_fused,
             name="attention",
         )(y, padding_mask, segment_ids, positions, train=train, decode=decode)
         x = x + residual_dropout(y)
@@ -163,9 +168,9 @@ class TransformerStack(nn.Module):
     With ``scan_layers`` the blocks live under ``layers`` with a leading [num_layers] axis
     named 'layers' (decoding caches too); otherwise under ``layers_0`` ... ``layers_{n-1}``.
     ``remat_policy`` (one of REMAT_POLICIES, 'none' = no remat) wraps each block in
-    ``nn.remat``. ``norm``, ``mlp_activation``, ``num_kv_heads`` and ``rotary`` configure
-    every block, as do ``norm_position`` and ``norm_epsilon`` (see TransformerBlock); ``norm``
-    also picks the final norm.
+    ``nn.remat``. ``norm``, ``mlp_activation``, ``num_kv_heads``, ``rotary``,
+    ``attention_impl`` and ``qkv_fused`` configure every block, as do ``norm_position`` and
+    ``norm_epsilon`` (see TransformerBlock); ``norm`` also picks the final norm.
     """
 
     num_layers: int
@@ -183,6 +188,8 @@ class TransformerStack(nn.Module):
     rotary: bool = False
     norm_position: str = "pre"
     norm_epsilon: float = 1e-5
+    attention_impl: str = "auto"
+    qkv_fused: bool = False
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -227,6 +234,8 @@ class TransformerStack(nn.Module):
             "rotary": self.rotary,
             "norm_position": self.norm_position,
             "norm_epsilon": self.norm_epsilon,
+            "attention_impl": self.attention_impl,
+            "qkv_fused": self.qkv_fused,
         }
         if self.scan_layers:
             # nn.scan's body maps (carry, *broadcast inputs) -> (carry, per-step output); the

@@ -6,9 +6,12 @@ shared by both (their defaults give the GPT-2 layout): ``norm`` ('layer' | 'rms'
 ``mlp_activation`` ('gelu' (tanh approximation) | 'gelu_exact' (erf) | 'swiglu' | ...),
 ``position_embedding`` ('learned' | 'sinusoidal' | 'rotary'), ``num_kv_heads`` (grouped-query
 attention; None = num_heads), ``norm_position`` ('pre' | 'post': LN after each residual add and
-no final norm), ``norm_epsilon`` (1e-5) and ``embedding_norm`` (a norm ``embed_norm`` over the
-summed embeddings). The classifier also has ``token_type_vocab`` (a token-type table
-``type_embed`` and a ``token_type_ids`` input) and ``pooler`` ('none' | 'tanh'); with
+no final norm), ``norm_epsilon`` (1e-5), ``embedding_norm`` (a norm ``embed_norm`` over the
+summed embeddings), ``attention_impl`` ('auto' | 'xla' | 'cudnn', see
+``jaxdl.layers.attention.attention_implementation``) and ``qkv_fused`` (one ``qkv`` projection
+kernel instead of ``query``/``key``/``value``; needs num_kv_heads == num_heads). The classifier
+also has ``token_type_vocab`` (a token-type table ``type_embed`` and a ``token_type_ids`` input) and
+``pooler`` ('none' | 'tanh'); with
 ``norm_position='post'``, ``embedding_norm``, ``token_type_vocab=2``, ``pooler='tanh'``,
 ``norm_epsilon=1e-12``, ``mlp_activation='gelu_exact'`` and ``pooling='cls'`` it is BERT
 (``jaxdl.models.hf_import.import_bert``). ``TransformerMaskedLM`` is the classifier's encoder
@@ -34,6 +37,7 @@ from jaxdl.layers import (
     classifier_head,
     make_norm,
 )
+from jaxdl.layers.attention import ATTENTION_IMPLS
 from jaxdl.layers.embeddings import TOKEN_TYPE_TABLE_AXES
 from jaxdl.layers.mlp import MLP_ACTIVATIONS
 from jaxdl.layers.remat import REMAT_POLICIES
@@ -75,12 +79,15 @@ def _check_config(model: nn.Module) -> None:
         ("norm", TRANSFORMER_NORMS),
         ("mlp_activation", tuple(MLP_ACTIVATIONS)),
         ("norm_position", NORM_POSITIONS),
+        ("attention_impl", ATTENTION_IMPLS),
     ):
         if getattr(model, name) not in choices:
             raise ValueError(
                 f"{kind} {name} must be one of {choices}, got {getattr(model, name)!r}"
             )
     kv_heads = model.num_kv_heads
+    if model.qkv_fused and kv_heads not in (None, model.num_heads):
+        raise ValueError(f"{kind} qkv_fused needs num_kv_heads == num_heads, got {kv_heads}")
     if kv_heads is not None and (kv_heads < 1 or model.num_heads % kv_heads):
         raise ValueError(
             f"{kind} num_kv_heads={kv_heads} must be >= 1 and divide num_heads={model.num_heads}"
@@ -197,6 +204,8 @@ def _embed_and_encode(
         rotary=rotary,
         norm_position=model.norm_position,
         norm_epsilon=model.norm_epsilon,
+        attention_impl=model.attention_impl,
+        qkv_fused=model.qkv_fused,
         name=name,
     )(x, padding_mask, segment_ids, positions, train=train, decode=decode)
     return x, embed
@@ -232,6 +241,8 @@ class TransformerLM(nn.Module):
     num_kv_heads: int | None = None
     norm_position: str = "pre"
     norm_epsilon: float = 1e-5
+    attention_impl: str = "auto"
+    qkv_fused: bool = False
     embedding_norm: bool = False
 
     def __post_init__(self) -> None:
@@ -325,6 +336,8 @@ class TransformerClassifier(nn.Module):
     num_kv_heads: int | None = None
     norm_position: str = "pre"
     norm_epsilon: float = 1e-5
+    attention_impl: str = "auto"
+    qkv_fused: bool = False
     embedding_norm: bool = False
     token_type_vocab: int = 0
     pooler: str = "none"
@@ -450,6 +463,8 @@ class TransformerMaskedLM(nn.Module):
     num_kv_heads: int | None = None
     norm_position: str = "pre"
     norm_epsilon: float = 1e-5
+    attention_impl: str = "auto"
+    qkv_fused: bool = False
     embedding_norm: bool = False
     token_type_vocab: int = 0
 
