@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 WORKDIR ?= runs/digits
 
-.PHONY: train test test-slow bench clean
+.PHONY: train test test-slow bench speech-corpus clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: $(TEST_STAMP)
 # End-to-end runs of the shipped experiments (minutes each): run before resolving an issue.
 test-slow: $(TEST_STAMP)
 	$(BIN)/pytest -q -m slow
+
+# The synthesised speech corpus (experiments/speech_conformer.py's data), cached outside the repo;
+# installs Debian's espeak-ng and sox first when they are missing (needs root or sudo).
+speech-corpus: $(STAMP)
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
+		{ SUDO=$$(command -v sudo || true); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q espeak-ng sox; }
+	$(BIN)/jaxdl speech-corpus
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/digits_time_to_accuracy.py

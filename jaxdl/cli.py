@@ -86,6 +86,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--beams", type=_number(int, 1), default=1, help="> 1: beam search")
     generate.add_argument("--seed", type=int, default=0)
+    transcribe = commands.add_parser(
+        "transcribe",
+        help="transcribe audio files with a trained speech model's best checkpoint",
+        allow_abbrev=False,
+    )
+    transcribe.add_argument("--workdir", required=True)
+    transcribe.add_argument("files", nargs="+", help="audio files (WAV, FLAC, OGG: soundfile)")
+    corpus = commands.add_parser(
+        "speech-corpus",
+        help="synthesise the espeak-ng speech corpus (needs Debian's espeak-ng and sox)",
+        allow_abbrev=False,
+    )
+    corpus.add_argument("--out", default=None, help="default ~/.cache/jaxdl/speech_corpus_v1")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--train-size", type=_number(int, 1), default=None)
+    corpus.add_argument("--val-size", type=_number(int, 1), default=None)
+    corpus.add_argument("--test-size", type=_number(int, 1), default=None)
+    corpus.add_argument("--jobs", type=_number(int, 1), default=2)
     compile_ = commands.add_parser(
         "compile",
         help="compile the train step for a device topology and report memory/FLOPs/collectives",
@@ -146,11 +164,9 @@ def _generate(args: argparse.Namespace, experiment) -> int:
     import jax
     import numpy as np
 
-    from jaxdl.checkpoint import abstract_like
     from jaxdl.errors import UserError
     from jaxdl.models import TransformerLM
     from jaxdl.models.generation import beam_search, generate
-    from jaxdl.train import Trainer
 
     model = experiment.model
     if not isinstance(model, TransformerLM):
@@ -162,16 +178,7 @@ def _generate(args: argparse.Namespace, experiment) -> int:
             f"a prompt of {prompt.shape[1]} tokens leaves room for at most "
             f"{model.max_len - prompt.shape[1]} new tokens (max_len={model.max_len})"
         )
-    trainer = Trainer(experiment, args.workdir, quiet=True)
-    try:
-        checkpointer, abstract = trainer.checkpointer, abstract_like(trainer.state)
-        if checkpointer.best_step() is not None:
-            state, _ = checkpointer.restore_best(abstract)
-        else:
-            state, _ = checkpointer.restore_latest(abstract)
-        checkpointer.close()
-    finally:
-        trainer.release()
+    state = _restore_best_state(experiment, args.workdir)
     # One prompt: the batch is replicated, the model's own axes stay sharded as in training.
     rules = (("batch", None), *experiment.rules)
     with jax.set_mesh(experiment.mesh), nn.logical_axis_rules(rules):
@@ -191,6 +198,77 @@ def _generate(args: argparse.Namespace, experiment) -> int:
                 key=jax.random.key(args.seed),
             )
     print(tokenizer.decode(np.asarray(tokens[0])))
+    return 0
+
+
+def _restore_best_state(experiment, workdir: str):
+    """The best (else latest) checkpoint of ``workdir`` as a train state on the experiment's
+    mesh."""
+    from jaxdl.checkpoint import abstract_like
+    from jaxdl.train import Trainer
+
+    trainer = Trainer(experiment, workdir, quiet=True)
+    try:
+        checkpointer, abstract = trainer.checkpointer, abstract_like(trainer.state)
+        if checkpointer.best_step() is not None:
+            state, _ = checkpointer.restore_best(abstract)
+        else:
+            state, _ = checkpointer.restore_latest(abstract)
+        checkpointer.close()
+    finally:
+        trainer.release()
+    return state
+
+
+def _transcribe(args: argparse.Namespace, experiment) -> int:
+    """``jaxdl transcribe``: greedy CTC transcripts of audio files, one line each
+    (``FILE<TAB>transcript``); a file that cannot be read is named on stderr and the exit
+    status is 1."""
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from jaxdl.data.audio_sources import decode_audio
+    from jaxdl.data.records import RecordError
+    from jaxdl.errors import UserError
+    from jaxdl.tasks.ctc import CTCSpeechRecognition
+    from jaxdl.train.steps import eval_forward
+
+    task = experiment.task
+    if not isinstance(task, CTCSpeechRecognition):
+        raise UserError(f"{args.workdir} is not a speech-recognition (ctc) workdir")
+    tokenizer = _workdir_tokenizer(args.workdir, experiment.data.info)
+    state = _restore_best_state(experiment, args.workdir)
+    rules = (("batch", None), *experiment.rules)
+    predict = jax.jit(lambda state, batch: task.predict(eval_forward(state), batch))
+    failed = 0
+    for path in args.files:
+        try:
+            audio = decode_audio(path, task.front_end.sample_rate)
+        except RecordError as error:
+            sys.stderr.write(f"jaxdl: {error}\n")
+            failed += 1
+            continue
+        batch = {"audio": audio[None], "audio_length": np.asarray([audio.shape[0]], np.int32)}
+        with jax.set_mesh(experiment.mesh), nn.logical_axis_rules(rules):
+            tokens = np.asarray(predict(state, batch))[0]
+        print(f"{path}\t{tokenizer.decode(tokens[tokens != task.blank_id])}")
+    return 1 if failed else 0
+
+
+def _speech_corpus(args: argparse.Namespace) -> int:
+    """``jaxdl speech-corpus``: generates (or finds complete) the synthesised corpus."""
+    from jaxdl.data import speech_corpus
+
+    sizes = {
+        f"{split}_size": getattr(args, f"{split}_size")
+        for split in ("train", "val", "test")
+        if getattr(args, f"{split}_size") is not None
+    }
+    out = speech_corpus.generate_corpus(
+        args.out or speech_corpus.DEFAULT_OUT, seed=args.seed, jobs=args.jobs, **sizes
+    )
+    print(f"speech corpus ready in {out}")
     return 0
 
 
@@ -303,6 +381,10 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return _shardings(args, extra)
     if args.command == "data":
         return _convert(args, extra)
+    if args.command == "speech-corpus":
+        if extra:
+            raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+        return _speech_corpus(args)
     if args.command == "train":
         config = load_config(args.config, extra)
         _check_writable_workdir(args.workdir)
@@ -327,6 +409,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     experiment = build_experiment(config)
     if args.command == "generate":
         return _generate(args, experiment)
+    if args.command == "transcribe":
+        return _transcribe(args, experiment)
     if args.command == "train":
         trainer = Trainer(experiment, args.workdir, allow_config_change=args.allow_config_change)
         trainer.fit()

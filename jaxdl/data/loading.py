@@ -27,6 +27,7 @@ from jaxdl.data.image_sources import HFImageSource, ImageFolderSource
 from jaxdl.data.packing import PackedRows, estimate_rows, sample_unigram_counts
 from jaxdl.data.records import ArraySource, DataSplits, RecordError, RecordSource
 from jaxdl.data.sources import ArrayDataset, get_dataset, load_digits_dataset
+from jaxdl.data.speech import SPEECH_SPLIT_LOADERS
 from jaxdl.data.split import stratified_split
 from jaxdl.data.text_datasets import TEXT_SPLIT_LOADERS
 from jaxdl.data.text_sources import (
@@ -43,6 +44,8 @@ from jaxdl.data.views import StandardizedImages, SubsetSource, sample_channel_st
 from jaxdl.errors import ConfigError, DataError, UserError
 
 IN_MEMORY_IMAGE_DATASETS = ("digits",)
+# Datasets whose loader returns its own splits (text corpora with frozen splits, speech manifests).
+SPLIT_LOADERS = {**TEXT_SPLIT_LOADERS, **SPEECH_SPLIT_LOADERS}
 
 
 def _digits_pool() -> tuple[RecordSource, dict]:
@@ -99,7 +102,7 @@ SPLIT_OPTIONS = ("tokenizer", "seq_len", "max_len", "min_freq")
 
 
 def available_datasets() -> list[str]:
-    return sorted({*POOL_OPENERS, *TEXT_SPLIT_LOADERS})
+    return sorted({*POOL_OPENERS, *SPLIT_LOADERS})
 
 
 def _options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -155,10 +158,10 @@ def load_data(data_config: ml_collections.ConfigDict) -> DataSplits:
     options = _options(data_config)
     fractions = tuple(float(f) for f in data_config.get("split_fractions", (0.7, 0.15, 0.15)))
     seed = int(data_config.get("split_seed", 0))
-    if name in TEXT_SPLIT_LOADERS:
+    if name in SPLIT_LOADERS:
         return _as_user_error(
             name,
-            lambda: TEXT_SPLIT_LOADERS[name](split_fractions=fractions, split_seed=seed, **options),
+            lambda: SPLIT_LOADERS[name](split_fractions=fractions, split_seed=seed, **options),
         )
     standardize = bool(data_config.get("standardize", True))
     if name in IN_MEMORY_IMAGE_DATASETS:

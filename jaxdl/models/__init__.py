@@ -6,15 +6,26 @@ The blocks (BasicBlock, Bottleneck, TransformerBlock, TransformerStack) are defi
 
 from jaxdl.layers import BasicBlock, Bottleneck, TransformerBlock, TransformerStack
 from jaxdl.models.cnn import VGG, LeNet5
+from jaxdl.models.ctc_decoding import (
+    CharNgramLM,
+    beam_search_batch,
+    ctc_greedy_decode,
+    ctc_prefix_beam_search,
+)
 from jaxdl.models.registry import available_models, get_model, register_model
 from jaxdl.models.resnet import ResNet
 from jaxdl.models.rnn import RNNClassifier
+from jaxdl.models.speech import CRNNCTC, BiLSTMCTC, ConformerCTC
 from jaxdl.models.transformer import TransformerClassifier, TransformerLM, TransformerMaskedLM
 
 __all__ = [
+    "CRNNCTC",
     "VGG",
     "BasicBlock",
+    "BiLSTMCTC",
     "Bottleneck",
+    "CharNgramLM",
+    "ConformerCTC",
     "LeNet5",
     "RNNClassifier",
     "ResNet",
@@ -24,6 +35,9 @@ __all__ = [
     "TransformerMaskedLM",
     "TransformerStack",
     "available_models",
+    "beam_search_batch",
+    "ctc_greedy_decode",
+    "ctc_prefix_beam_search",
     "get_model",
     "register_model",
 ]

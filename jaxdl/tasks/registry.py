@@ -12,6 +12,7 @@ from jaxdl.data.records import DataSplits
 from jaxdl.errors import ConfigError, DataError
 from jaxdl.tasks.base import Task
 from jaxdl.tasks.classification import ImageClassification, SequenceClassification
+from jaxdl.tasks.ctc import CTCSpeechRecognition
 from jaxdl.tasks.language_modeling import LanguageModeling
 from jaxdl.tasks.masked_lm import MaskedLanguageModeling
 
@@ -143,3 +144,48 @@ def _masked_lm(task_config, data, config) -> MaskedLanguageModeling:
         replace_with_mask=float(task_config.get("replace_with_mask", 0.8)),
         replace_with_random=float(task_config.get("replace_with_random", 0.1)),
     )
+
+
+@register_task("ctc")
+def _ctc(task_config, data, config) -> CTCSpeechRecognition:
+    """Speech data (``speech_manifest``) gives the padded shapes, the sample rate and the
+    tokenizer; ``task.front_end`` sets ``FrontEndConfig`` fields (its sample rate is the
+    data's) and ``task.spec_augment`` SpecAugment's keywords (absent or empty: off)."""
+    del config
+    from jaxdl.audio import FrontEndConfig
+
+    info = data.info
+    for key in ("max_samples", "max_label_len", "sample_rate"):
+        if key not in info:
+            raise DataError(f"task 'ctc' needs speech data (data.name 'speech_manifest'): no {key}")
+    front_end = _section(task_config, "front_end")
+    rate = front_end.pop("sample_rate", info["sample_rate"])
+    if rate != info["sample_rate"]:
+        raise ConfigError(
+            f"task.front_end.sample_rate={rate} but the data is read at {info['sample_rate']} Hz "
+            "(set data.options.sample_rate instead)"
+        )
+    try:
+        front_end = FrontEndConfig(sample_rate=int(rate), **front_end)
+    except TypeError as error:
+        raise ConfigError(f"task.front_end: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"task.front_end: {error}") from None
+    try:
+        return CTCSpeechRecognition(
+            max_samples=int(info["max_samples"]),
+            max_label_len=int(info["max_label_len"]),
+            front_end=front_end,
+            spec_augment=tuple(sorted(_section(task_config, "spec_augment").items())),
+            blank_id=int(info.get("blank_id", 0)),
+            space_id=int(info.get("space_id", -1)),
+            tokenizer=info.get("tokenizer"),
+        )
+    except ValueError as error:
+        raise ConfigError(f"task ctc: {error}") from None
+
+
+def _section(task_config: ml_collections.ConfigDict, name: str) -> dict:
+    """``task_config.name`` as a plain dict (empty when absent)."""
+    section = task_config.get(name) or {}
+    return section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)

@@ -13,6 +13,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -50,6 +51,7 @@ from jaxdl.train.fingerprint import fingerprint_digest
 from jaxdl.train.interrupts import InterruptHandler
 from jaxdl.train.loop import NonfinitePolicy, TrainLoop
 from jaxdl.train.state import TrainState, count_params
+from jaxdl.train.steps import eval_forward
 from jaxdl.train.warm_start import warm_start
 from jaxdl.train.workdir_lock import WorkdirLock
 
@@ -398,6 +400,7 @@ class Trainer:
             "val": scalar_metrics(val),
             **{f"val_{k}": v for k, v in scalar_metrics(val).items()},
         }
+        results |= self._task_report("test", final_state)
         if loop.rollbacks:
             results |= {"rollbacks": loop.rollbacks, "lr_scale": loop.lr_scale}
         skipped = read_error_report(self.error_report)
@@ -452,12 +455,30 @@ class Trainer:
             raise UserError(f"no checkpoint in {self.workdir}")
         results = {"split": split, "step": int(state.step)}
         results |= self.evaluate(self.splits.get(split), state)
+        results |= self._task_report(split, state)
         if is_main_process():
             history = _eval_history(os.path.join(self.workdir, "metrics.jsonl"))
             self._write_outputs(results, history, split)
             self._print_summary(results)
         self.checkpointer.close()
         return results
+
+    def _task_report(self, split: str, state: TrainState) -> dict[str, Any]:
+        """The task's per-example report of ``split`` (e.g. CTC's transcripts), when it has
+        one; single-process runs only (it reads the whole split on one host)."""
+        report = getattr(self.task, "report", None)
+        if report is None or jax.process_count() > 1:
+            return {}
+        task, rules = self.task, (("batch", None), *self.exp.rules)
+        jitted = jax.jit(lambda state, batch: task.predict(eval_forward(state), batch))
+
+        def predict(batch: dict[str, np.ndarray]) -> np.ndarray:
+            with jax.set_mesh(self.exp.mesh), nn.logical_axis_rules(rules):
+                return np.asarray(jitted(state, batch))
+
+        suffix = "" if split == "test" else f"_{split}"
+        path = os.path.join(self.workdir, f"transcripts{suffix}.jsonl")
+        return report(predict, self.exp.data.get(split), self.exp.eval_batch_size, path)
 
     # ----------------------------------------------------------------------------------------
     def _write_outputs(self, results: dict, history: list[dict], split: str) -> None:

@@ -1,0 +1,166 @@
+"""The CTC task and the speech data path: loss on hand-computed cases, the float32 guards,
+device WER/CER equal to jiwer's, and manifests → padded CTC records."""
+
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import jiwer
+import ml_collections
+import numpy as np
+import pytest
+import soundfile
+
+from jaxdl.audio import FrontEndConfig
+from jaxdl.data.records import RecordError
+from jaxdl.data.speech import load_speech_manifests, normalize_transcript
+from jaxdl.errors import ConfigError, DataError
+from jaxdl.tasks import build_task
+from jaxdl.tasks.ctc import CTCSpeechRecognition, ctc_losses, required_frames
+
+SAMPLE = "tests/data/speech"
+
+
+def _task(**overrides) -> CTCSpeechRecognition:
+    return CTCSpeechRecognition(**{"max_samples": 1600, "max_label_len": 8, **overrides})
+
+
+def test_ctc_loss_equals_hand_computed_alignment_sums():
+    uniform = jnp.zeros((1, 2, 2))  # two frames, {blank, a} equally likely
+    labels, one = jnp.array([[1]]), jnp.array([1])
+    # "a" in 2 frames: paths a a, blank a, a blank -> 3 / 4.
+    losses, feasible = ctc_losses(uniform, jnp.array([2]), labels, one)
+    np.testing.assert_allclose(losses, [-math.log(0.75)], rtol=1e-6)
+    assert bool(feasible[0])
+    # In 1 frame only "a" itself: 1 / 2; frames past the length do not count.
+    losses, _ = ctc_losses(uniform, jnp.array([1]), labels, one)
+    np.testing.assert_allclose(losses, [-math.log(0.5)], rtol=1e-6)
+
+
+def test_impossible_alignments_are_left_out_and_near_certain_ones_never_go_negative():
+    logits = jnp.zeros((2, 2, 3))
+    labels = jnp.array([[1, 1], [1, 2]])
+    # "aa" needs a blank between the two a's: 3 frames; "ab" fits in 2.
+    np.testing.assert_array_equal(required_frames(labels, jnp.array([2, 2])), [3, 2])
+    losses, feasible = ctc_losses(logits, jnp.array([2, 2]), labels, jnp.array([2, 2]))
+    np.testing.assert_array_equal(feasible, [False, True])
+    assert losses[0] == 0.0 and losses[1] > 0
+    certain = jnp.array([[[-50.0, 50.0, -50.0]]])  # "a" with probability ~1
+    losses, _ = ctc_losses(certain, jnp.array([1]), jnp.array([[1]]), jnp.array([1]))
+    assert float(losses[0]) >= 0.0
+
+
+def _logits_for(token_rows: list[list[int]], vocab: int, frames: int) -> np.ndarray:
+    """Logits whose greedy decoding is each row's tokens (a blank after every token)."""
+    logits = np.full((len(token_rows), frames, vocab), -5.0, np.float32)
+    logits[:, :, 0] = 5.0
+    for b, tokens in enumerate(token_rows):
+        for t, token in enumerate(tokens):
+            logits[b, 2 * t, 0], logits[b, 2 * t, token] = -5.0, 5.0
+    return logits
+
+
+def test_device_wer_and_cer_equal_jiwer_on_random_transcripts():
+    rng = np.random.default_rng(0)
+    chars = " abcd"  # id 3 + index, as the char tokenizer numbers them; ' ' is the space
+    ids = {c: 3 + i for i, c in enumerate(chars)}
+    words = ["ab", "ba", "cd", "a", "dcb", "bb"]
+    refs = [" ".join(rng.choice(words, rng.integers(1, 5))) for _ in range(12)]
+    hyps = [
+        " ".join(w if rng.random() < 0.6 else rng.choice(words) for w in ref.split()[::-1])
+        for ref in refs
+    ]
+    label_len = max(map(len, refs))
+    labels = np.zeros((12, label_len), np.int32)
+    for b, ref in enumerate(refs):
+        labels[b, : len(ref)] = [ids[c] for c in ref]
+    logits = _logits_for([[ids[c] for c in hyp] for hyp in hyps], 3 + len(chars), 64)
+    task = CTCSpeechRecognition(max_samples=16, max_label_len=label_len, space_id=ids[" "])
+    batch = {
+        "labels": jnp.asarray(labels),
+        "label_length": jnp.asarray([len(r) for r in refs], jnp.int32),
+        "mask": jnp.ones(12),
+        "features": jnp.zeros((12, 64, 1)),
+        "feature_lengths": jnp.full((12,), 64, jnp.int32),
+    }
+
+    def forward(features, lengths):
+        del features
+        return jnp.asarray(logits), lengths
+
+    results = task.summarize(jax.device_get(task.eval_sums(forward, batch)))
+    assert results["wer"] == pytest.approx(jiwer.wer(refs, hyps), abs=1e-9)
+    assert results["cer"] == pytest.approx(jiwer.cer(refs, hyps), abs=1e-9)
+    assert results["utterances"] == 12
+
+
+def test_sample_manifests_become_padded_ctc_records():
+    data = load_speech_manifests(dir=SAMPLE)
+    info = data.info
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 8, 12)
+    record = data.test[0]
+    assert record["audio"].shape == (info["max_samples"],)
+    assert record["labels"].shape == (info["max_label_len"],)
+    length = int(record["label_length"])
+    text = info["tokenizer"].decode(record["labels"][:length])
+    assert text == data.test.transcript(0) == normalize_transcript(data.test.source.texts[0])
+    assert not record["labels"][length:].any()  # padded with the blank id
+    assert info["blank_id"] == 0 and info["space_id"] == int(info["tokenizer"].encode(" ")[0])
+    assert 0 < int(record["audio_length"]) <= info["max_samples"]
+
+
+def test_records_that_do_not_fit_are_named_errors(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "corpus")
+    data = load_speech_manifests(dir=str(tmp_path / "corpus"), max_seconds=0.5)
+    with pytest.raises(RecordError, match=r"train_0000\d\.wav.*max_seconds"):
+        data.train[0]
+    with pytest.raises(DataError, match="does not exist"):
+        load_speech_manifests(dir=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="options.dir"):
+        load_speech_manifests()
+    manifest = tmp_path / "corpus" / "test.tsv"
+    lines = manifest.read_text().splitlines()
+    path = lines[1].split("\t")[0]
+    manifest.write_text("\n".join([lines[0], f"{path}\t   "]) + "\n")
+    data = load_speech_manifests(dir=str(tmp_path / "corpus"))
+    with pytest.raises(RecordError, match="transcript"):
+        data.test[0]
+
+
+def test_task_builder_reads_the_data_and_rejects_bad_settings():
+    data = load_speech_manifests(dir=SAMPLE)
+
+    def config(**task):
+        return ml_collections.ConfigDict({"task": {"name": "ctc", **task}})
+
+    task = build_task(config(front_end={"n_mels": 40}, spec_augment={"freq_masks": 1}), data)
+    assert task.front_end == FrontEndConfig(n_mels=40)
+    assert dict(task.spec_augment) == {"freq_masks": 1}
+    assert task.max_samples == data.info["max_samples"]
+    with pytest.raises(ConfigError, match="sample_rate"):
+        build_task(config(front_end={"sample_rate": 8000}), data)
+    with pytest.raises(ConfigError, match="front_end"):
+        build_task(config(front_end={"mels": 40}), data)
+    with pytest.raises(ConfigError, match="spec_augment"):
+        build_task(config(spec_augment={"warp": 3}), data)
+
+
+def test_features_and_spec_augment_run_on_device_and_respect_lengths():
+    audio, rate = soundfile.read(f"{SAMPLE}/wav/train/train_00000.wav", dtype="float32")
+    assert rate == 16000
+    task = _task(max_samples=audio.shape[0] + 800, spec_augment=(("time_masks", 2),))
+    padded = np.zeros((2, task.max_samples), np.float32)
+    padded[0, : audio.shape[0]] = audio
+    padded[1, : audio.shape[0] // 2] = audio[: audio.shape[0] // 2]
+    batch = {
+        "audio": jnp.asarray(padded),
+        "audio_length": jnp.asarray([audio.shape[0], audio.shape[0] // 2], jnp.int32),
+    }
+    prepared = task.prepare_train_batch(jax.random.key(0), batch)
+    (features, lengths), _ = task.model_inputs(prepared)
+    clean, clean_lengths = task.features(batch)
+    np.testing.assert_array_equal(lengths, clean_lengths)
+    assert features.shape == clean.shape and not np.allclose(features, clean)
+    # Frames past each utterance stay zero, augmented or not.
+    assert not np.asarray(features[1, int(lengths[1]) :]).any()
