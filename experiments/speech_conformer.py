@@ -68,6 +68,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         }
     )
 
+    # Speed perturbation (tempo and pitch together, 0.9-1.1x) and white noise at 10-30 dB SNR on
+    # a third of the utterances, on device from the step key.
+    config.task.waveform_augment = ml_collections.ConfigDict(
+        {"speed_factors": (0.9, 1.1), "noise_prob": 0.3, "snr_db": (10.0, 30.0)}
+    )
+    # The final report also decodes with prefix beam search and a 6-gram character LM of the
+    # training transcripts (results: wer_beam, cer_beam); evaluation while training is greedy.
+    config.task.decoder = ml_collections.ConfigDict(
+        {"beam_width": 8, "lm_order": 6, "lm_weight": 0.5, "word_bonus": 0.5}
+    )
+
     config.model = ml_collections.ConfigDict()
     config.model.name = args.model
     config.model.vocab_size = 0  # from the data's character tokenizer

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from jaxdl.audio import FrontEndConfig
+from jaxdl.audio import FrontEndConfig, perturb_waveforms
 from jaxdl.data.records import RecordError
 from jaxdl.data.speech import load_speech_manifests, normalize_transcript
 from jaxdl.errors import ConfigError, DataError
@@ -164,3 +164,31 @@ def test_features_and_spec_augment_run_on_device_and_respect_lengths():
     assert features.shape == clean.shape and not np.allclose(features, clean)
     # Frames past each utterance stay zero, augmented or not.
     assert not np.asarray(features[1, int(lengths[1]) :]).any()
+
+
+def test_waveform_perturbation_changes_speed_and_adds_noise_at_the_snr_inside_lengths():
+    rate, tone = 16000, 440.0
+    t = np.arange(8000) / rate
+    audio = np.zeros((2, 12000), np.float32)
+    audio[:, :8000] = np.sin(2 * np.pi * tone * t)
+    lengths = jnp.asarray([8000, 8000], jnp.int32)
+    fast, fast_lengths = perturb_waveforms(
+        jax.random.key(0), jnp.asarray(audio), lengths, speed_factors=(1.25, 1.25)
+    )
+    assert fast_lengths.tolist() == [6400, 6400]
+    spectrum = np.abs(np.fft.rfft(np.asarray(fast[0, :6400])))
+    peak = np.argmax(spectrum) * rate / 6400
+    assert abs(peak - tone * 1.25) < 5.0
+    assert not np.asarray(fast[:, 6400:]).any()
+    noisy, same = perturb_waveforms(
+        jax.random.key(1), jnp.asarray(audio), lengths, noise_prob=1.0, snr_db=(20.0, 20.0)
+    )
+    assert same.tolist() == [8000, 8000]
+    noise = np.asarray(noisy[:, :8000]) - audio[:, :8000]
+    snr = 10 * np.log10(np.mean(audio[:, :8000] ** 2) / np.mean(noise**2))
+    assert abs(snr - 20.0) < 0.3
+    assert not np.asarray(noisy[:, 8000:]).any()
+    again, _ = perturb_waveforms(
+        jax.random.key(1), jnp.asarray(audio), lengths, noise_prob=1.0, snr_db=(20.0, 20.0)
+    )
+    np.testing.assert_array_equal(again, noisy)

@@ -1,6 +1,6 @@
 """Speech audio: the jax.numpy feature front end and audio augmentation."""
 
-from jaxdl.audio.augment import add_noise, spec_augment, speed_perturb
+from jaxdl.audio.augment import add_noise, perturb_waveforms, spec_augment, speed_perturb
 from jaxdl.audio.features import (
     FrontEndConfig,
     compute_features,
@@ -19,6 +19,7 @@ from jaxdl.audio.features import (
 )
 
 __all__ = [
+    "perturb_waveforms",
     "FrontEndConfig",
     "add_noise",
     "compute_features",

@@ -160,3 +160,45 @@ def speed_perturb(waveform: np.ndarray, factor: float, max_denominator: int = 10
         return waveform.copy()
     resampled = resample_poly(waveform, ratio.denominator, ratio.numerator, axis=-1)
     return resampled.astype(waveform.dtype)
+
+
+def perturb_waveforms(
+    key: jax.Array,
+    audio: jax.Array,
+    lengths: jax.Array,
+    *,
+    speed_factors: tuple[float, float] = (1.0, 1.0),
+    noise_prob: float = 0.0,
+    snr_db: tuple[float, float] = (10.0, 30.0),
+) -> tuple[jax.Array, jax.Array]:
+    """On-device waveform augmentation of a padded batch ``audio`` [B, N] with ``lengths`` [B]:
+    speed perturbation by a factor drawn uniformly from ``speed_factors`` per utterance (tempo and
+    pitch change together, as sox ``speed``; linear-interpolation resampling, enough for
+    augmentation), then, with probability ``noise_prob``, white noise at an SNR drawn uniformly
+    from ``snr_db`` (signal power over the valid samples). Returns ``(audio, lengths)``; a slowed
+    utterance is cut at ``N`` samples and samples past each new length are zero.
+
+    The jitted-step counterpart of ``speed_perturb`` / ``add_noise``, so augmentation is drawn
+    from the step key and a resumed run draws the same."""
+    batch, size = audio.shape
+    speed_key, noise_key, apply_key, snr_key = jax.random.split(key, 4)
+    low, high = speed_factors
+    factors = jax.random.uniform(speed_key, (batch,), minval=low, maxval=high)
+    positions = jnp.arange(size, dtype=jnp.float32)
+    new_lengths = jnp.minimum(
+        jnp.floor((lengths.astype(jnp.float32) - 1) / factors).astype(jnp.int32) + 1, size
+    )
+
+    def resample(wave, factor, length):
+        source = positions * factor
+        out = jnp.interp(source, positions, wave, right=0.0)
+        return jnp.where(source <= (length - 1).astype(jnp.float32), out, 0.0)
+
+    audio = jax.vmap(resample)(audio, factors, lengths)
+    valid = positions[None, :] < new_lengths[:, None]
+    power = jnp.sum(jnp.square(audio) * valid, axis=1) / jnp.maximum(new_lengths, 1)
+    snr = jax.random.uniform(snr_key, (batch,), minval=snr_db[0], maxval=snr_db[1])
+    scale = jnp.sqrt(power / 10.0 ** (snr / 10.0))
+    apply = jax.random.uniform(apply_key, (batch,)) < noise_prob
+    noise = jax.random.normal(noise_key, audio.shape) * (scale * apply)[:, None]
+    return jnp.where(valid, audio + noise, 0.0).astype(audio.dtype), new_lengths

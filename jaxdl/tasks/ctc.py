@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdl.audio import FrontEndConfig, compute_features, spec_augment
+from jaxdl.audio import FrontEndConfig, compute_features, perturb_waveforms, spec_augment
 from jaxdl.data.records import RecordError
 from jaxdl.metrics.edit_distance import error_counts
-from jaxdl.models.ctc_decoding import ctc_greedy_decode
+from jaxdl.models.ctc_decoding import beam_search_batch, ctc_greedy_decode
 from jaxdl.tasks.base import EXAMPLE_MASK, Batch, BatchSpec, Field, Forward, Task
 
 # Batch fields ``prepare_train_batch`` adds: the augmented features and their lengths.
@@ -48,6 +48,8 @@ SPEC_AUGMENT_KEYS = (
     "time_mask_fraction",
     "time_warp",
 )
+# Waveform augmentation settings (``jaxdl.audio.perturb_waveforms`` keywords).
+WAVEFORM_AUGMENT_KEYS = ("speed_factors", "noise_prob", "snr_db")
 
 
 def required_frames(labels: jax.Array, label_lengths: jax.Array) -> jax.Array:
@@ -83,18 +85,26 @@ class CTCSpeechRecognition(Task):
     """Character-level CTC speech recognition (see the module docstring).
 
     ``max_samples`` / ``max_label_len``: the padded waveform and transcript lengths of the
-    data; ``front_end``: the feature settings; ``spec_augment``: SpecAugment keywords (empty:
-    off); ``space_id``: the id of ' ' (word boundaries for WER; -1 when the vocabulary has
-    none, and every transcript is then one word).
+    data; ``front_end``: the feature settings; ``spec_augment`` / ``waveform_augment``:
+    ``spec_augment`` / ``perturb_waveforms`` keywords (empty: off); ``space_id``: the id of ' '
+    (word boundaries for WER; -1 when the vocabulary has none, and every transcript is then one
+    word). ``beam_width`` > 0 adds prefix beam search to ``report`` (host side), shallow-fused
+    with ``lm`` (a ``CharNgramLM`` over the training transcripts) at ``lm_weight`` with
+    ``word_bonus`` per word; evaluation during training stays greedy.
     """
 
     max_samples: int
     max_label_len: int
     front_end: FrontEndConfig = FrontEndConfig()
     spec_augment: tuple[tuple[str, Any], ...] = ()
+    waveform_augment: tuple[tuple[str, Any], ...] = ()
     blank_id: int = 0
     space_id: int = -1
     tokenizer: Any = dataclasses.field(default=None, compare=False)
+    beam_width: int = 0
+    lm: Any = dataclasses.field(default=None, compare=False)
+    lm_weight: float = 0.5
+    word_bonus: float = 0.0
 
     name = "ctc"
     throughput_unit = "utterances"
@@ -106,11 +116,13 @@ class CTCSpeechRecognition(Task):
                 f"max_samples and max_label_len must be >= 1, got {self.max_samples} and "
                 f"{self.max_label_len}"
             )
-        unknown = sorted({key for key, _ in self.spec_augment} - set(SPEC_AUGMENT_KEYS))
-        if unknown:
-            raise ValueError(
-                f"unknown spec_augment setting {unknown[0]!r}; known: {list(SPEC_AUGMENT_KEYS)}"
-            )
+        for name, settings, known in (
+            ("spec_augment", self.spec_augment, SPEC_AUGMENT_KEYS),
+            ("waveform_augment", self.waveform_augment, WAVEFORM_AUGMENT_KEYS),
+        ):
+            unknown = sorted({key for key, _ in settings} - set(known))
+            if unknown:
+                raise ValueError(f"unknown {name} setting {unknown[0]!r}; known: {list(known)}")
 
     def batch_spec(self) -> BatchSpec:
         return {
@@ -125,10 +137,17 @@ class CTCSpeechRecognition(Task):
         return compute_features(self.front_end, batch["audio"], batch["audio_length"])
 
     def prepare_train_batch(self, key: jax.Array, batch: Batch) -> Batch:
-        """Features computed once per step, with SpecAugment drawn from ``key`` when on."""
+        """Features computed once per step, after waveform augmentation (speed, noise) and
+        with SpecAugment, each drawn from ``key`` when on."""
+        wave_key, spec_key = jax.random.split(key)
+        if self.waveform_augment:
+            audio, audio_lengths = perturb_waveforms(
+                wave_key, batch["audio"], batch["audio_length"], **dict(self.waveform_augment)
+            )
+            batch = {**batch, "audio": audio, "audio_length": audio_lengths}
         features, lengths = self.features(batch)
         if self.spec_augment:
-            features = spec_augment(key, features, lengths, **dict(self.spec_augment))
+            features = spec_augment(spec_key, features, lengths, **dict(self.spec_augment))
         return {**batch, FEATURES: features, FEATURE_LENGTHS: lengths}
 
     def model_inputs(self, batch: Batch) -> tuple[tuple, dict]:
@@ -189,23 +208,65 @@ class CTCSpeechRecognition(Task):
         tokens, _ = ctc_greedy_decode(logits, out_lengths, self.blank_id)
         return tokens
 
+    def report_outputs(self, forward: Forward, inputs: Batch) -> tuple[jax.Array, jax.Array]:
+        """What ``report`` decodes on the host: log-probabilities [B, T', V] and lengths [B]."""
+        logits, out_lengths = self._outputs(forward, inputs)
+        return jax.nn.log_softmax(logits, axis=-1), out_lengths
+
+    def decode(self, log_probs: np.ndarray, lengths: np.ndarray) -> dict[str, list[str]]:
+        """Greedy transcripts (and beam-search ones when ``beam_width`` > 0) of a batch."""
+        decoders = {"greedy": ctc_greedy_decode(log_probs, lengths, self.blank_id)}
+        if self.beam_width > 0:
+            decoders["beam"] = beam_search_batch(
+                log_probs,
+                lengths,
+                beam_width=self.beam_width,
+                blank_id=self.blank_id,
+                lm=self.lm,
+                lm_weight=self.lm_weight,
+                word_bonus=self.word_bonus,
+                space_id=None if self.space_id < 0 else self.space_id,
+            )
+        return {
+            name: [
+                self.tokenizer.decode(row[: int(n)])
+                for row, n in zip(np.asarray(tokens), np.asarray(count), strict=True)
+            ]
+            for name, (tokens, count) in decoders.items()
+        }
+
     def report(
-        self, predict: Callable[[Batch], np.ndarray], records: Any, batch_size: int, path: str
+        self,
+        outputs: Callable[[Batch], tuple[np.ndarray, np.ndarray]],
+        records: Any,
+        batch_size: int,
+        path: str,
     ) -> dict[str, Any]:
         """Per-utterance transcripts of ``records`` written to ``path`` (JSON lines: reference,
-        hypothesis, jiwer's substitutions/deletions/insertions, the manifest's metadata), and
-        the split's WER/CER recomputed by ``jiwer`` plus WER per accent when the manifest has
-        an ``accent`` column."""
+        each decoder's hypothesis, jiwer's substitutions/deletions/insertions of the best
+        decoder, the manifest's metadata); the split's WER/CER recomputed by ``jiwer`` for each
+        decoder, and the best decoder's WER per accent when the manifest has an ``accent``
+        column (else one group)."""
         import jiwer
 
         if self.tokenizer is None:
             return {}
-        rows = transcribe_records(predict, records, self.tokenizer.decode, batch_size)
+        rows = transcribe_records(outputs, records, self.decode, batch_size)
+        if not rows:
+            return {}
+        references = [row["reference"] for row in rows]
+        results: dict[str, Any] = {}
+        for decoder in rows[0]["hypotheses"]:
+            hypotheses = [row["hypotheses"][decoder] for row in rows]
+            suffix = "jiwer" if decoder == "greedy" else decoder
+            results[f"wer_{suffix}"] = float(jiwer.wer(references, hypotheses))
+            results[f"cer_{suffix}"] = float(jiwer.cer(references, hypotheses))
+        best = "beam" if "beam" in rows[0]["hypotheses"] else "greedy"
         metadata = getattr(getattr(records, "source", None), "metadata", {})
         groups: dict[str, list[dict[str, Any]]] = {}
         with open(path, "w", encoding="utf-8") as handle:
             for row in rows:
-                words = jiwer.process_words(row["reference"], row["hypothesis"])
+                words = jiwer.process_words(row["reference"], row["hypotheses"][best])
                 row |= {
                     "substitutions": words.substitutions,
                     "deletions": words.deletions,
@@ -215,19 +276,14 @@ class CTCSpeechRecognition(Task):
                 row |= {name: values[row["index"]] for name, values in metadata.items()}
                 groups.setdefault(str(row.get("accent", "all")), []).append(row)
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        if not rows:
-            return {}
 
         def wer(group: list[dict[str, Any]]) -> float:
             errors = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in group)
             return errors / max(sum(r["ref_words"] for r in group), 1)
 
-        references = [row["reference"] for row in rows]
-        hypotheses = [row["hypothesis"] for row in rows]
-        return {
-            "wer_jiwer": float(jiwer.wer(references, hypotheses)),
-            "cer_jiwer": float(jiwer.cer(references, hypotheses)),
-            "wer_by_group": {name: wer(group) for name, group in groups.items()},
+        return results | {
+            "report_decoder": best,
+            "wer_by_group": {name: wer(group) for name, group in sorted(groups.items())},
             "transcripts": os.path.basename(path),
         }
 
@@ -244,13 +300,14 @@ class CTCSpeechRecognition(Task):
 
 
 def transcribe_records(
-    predict: Callable[[Batch], np.ndarray],
+    outputs: Callable[[Batch], tuple[np.ndarray, np.ndarray]],
     records: Any,
-    decode: Callable[[np.ndarray], str],
+    decode: Callable[[np.ndarray, np.ndarray], dict[str, list[str]]],
     batch_size: int,
 ) -> list[dict[str, Any]]:
-    """Greedy transcripts of every readable record of ``records`` (``CTCRecords``):
-    ``[{index, reference, hypothesis}]``; ``predict`` maps a padded batch to token ids."""
+    """Transcripts of every readable record of ``records`` (``CTCRecords``):
+    ``[{index, reference, hypotheses: {decoder: text}}]``. ``outputs`` maps a padded batch to
+    log-probabilities and lengths; ``decode`` maps those to each decoder's texts."""
     rows, pending = [], []
 
     def flush() -> None:
@@ -261,13 +318,14 @@ def transcribe_records(
                 name: np.concatenate([value, np.repeat(value[-1:], batch_size - size, 0)])
                 for name, value in batch.items()
             }
-        tokens = np.asarray(predict(batch))[:size]
-        for (index, _), ids in zip(pending, tokens, strict=True):
+        log_probs, lengths = (np.asarray(x)[:size] for x in outputs(batch))
+        texts = decode(log_probs, lengths)
+        for row, (index, _) in enumerate(pending):
             rows.append(
                 {
                     "index": index,
                     "reference": records.transcript(index),
-                    "hypothesis": decode(ids[ids != 0]),
+                    "hypotheses": {name: values[row] for name, values in texts.items()},
                 }
             )
         pending.clear()

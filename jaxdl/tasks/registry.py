@@ -150,7 +150,10 @@ def _masked_lm(task_config, data, config) -> MaskedLanguageModeling:
 def _ctc(task_config, data, config) -> CTCSpeechRecognition:
     """Speech data (``speech_manifest``) gives the padded shapes, the sample rate and the
     tokenizer; ``task.front_end`` sets ``FrontEndConfig`` fields (its sample rate is the
-    data's) and ``task.spec_augment`` SpecAugment's keywords (absent or empty: off)."""
+    data's), ``task.spec_augment`` SpecAugment's keywords and ``task.waveform_augment``
+    ``perturb_waveforms``' (absent or empty: off); ``task.decoder`` adds prefix beam search
+    (``beam_width``) with a character n-gram LM of the training transcripts (``lm_order``,
+    ``lm_weight``, ``word_bonus``) to the final report."""
     del config
     from jaxdl.audio import FrontEndConfig
 
@@ -171,18 +174,46 @@ def _ctc(task_config, data, config) -> CTCSpeechRecognition:
         raise ConfigError(f"task.front_end: {error}") from None
     except ValueError as error:
         raise ConfigError(f"task.front_end: {error}") from None
+    decoder = _section(task_config, "decoder")
+    unknown = sorted(set(decoder) - {"beam_width", "lm_order", "lm_weight", "word_bonus"})
+    if unknown:
+        raise ConfigError(
+            f"unknown task.decoder setting {unknown[0]!r}; known: beam_width, lm_order, "
+            "lm_weight, word_bonus"
+        )
+    beam_width, lm_order = int(decoder.get("beam_width", 0)), int(decoder.get("lm_order", 0))
+    if beam_width < 0 or lm_order < 0:
+        raise ConfigError("task.decoder.beam_width and lm_order must be >= 0")
+    lm = _training_transcript_lm(data, lm_order) if beam_width and lm_order else None
     try:
         return CTCSpeechRecognition(
             max_samples=int(info["max_samples"]),
             max_label_len=int(info["max_label_len"]),
             front_end=front_end,
             spec_augment=tuple(sorted(_section(task_config, "spec_augment").items())),
+            waveform_augment=tuple(
+                (key, tuple(value) if isinstance(value, list) else value)
+                for key, value in sorted(_section(task_config, "waveform_augment").items())
+            ),
             blank_id=int(info.get("blank_id", 0)),
             space_id=int(info.get("space_id", -1)),
             tokenizer=info.get("tokenizer"),
+            beam_width=beam_width,
+            lm=lm,
+            lm_weight=float(decoder.get("lm_weight", 0.5)),
+            word_bonus=float(decoder.get("word_bonus", 0.0)),
         )
     except ValueError as error:
         raise ConfigError(f"task ctc: {error}") from None
+
+
+def _training_transcript_lm(data: DataSplits, order: int):
+    """A character n-gram LM of ``order`` over the training transcripts (never val or test)."""
+    from jaxdl.models.ctc_decoding import CharNgramLM
+
+    tokenizer, train = data.info["tokenizer"], data.train
+    sequences = [tuple(tokenizer.encode(train.transcript(i))) for i in range(len(train))]
+    return CharNgramLM(order, tokenizer.vocab_size).fit(s for s in sequences if s)
 
 
 def _section(task_config: ml_collections.ConfigDict, name: str) -> dict:

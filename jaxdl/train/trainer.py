@@ -464,21 +464,22 @@ class Trainer:
         return results
 
     def _task_report(self, split: str, state: TrainState) -> dict[str, Any]:
-        """The task's per-example report of ``split`` (e.g. CTC's transcripts), when it has
-        one; single-process runs only (it reads the whole split on one host)."""
+        """The task's per-example report of ``split`` (e.g. CTC's transcripts) from its
+        ``report_outputs``, when it has one; single-process runs only (it reads the whole split
+        on one host)."""
         report = getattr(self.task, "report", None)
         if report is None or jax.process_count() > 1:
             return {}
         task, rules = self.task, (("batch", None), *self.exp.rules)
-        jitted = jax.jit(lambda state, batch: task.predict(eval_forward(state), batch))
+        jitted = jax.jit(lambda state, batch: task.report_outputs(eval_forward(state), batch))
 
-        def predict(batch: dict[str, np.ndarray]) -> np.ndarray:
+        def outputs(batch: dict[str, np.ndarray]) -> Any:
             with jax.set_mesh(self.exp.mesh), nn.logical_axis_rules(rules):
-                return np.asarray(jitted(state, batch))
+                return jax.device_get(jitted(state, batch))
 
         suffix = "" if split == "test" else f"_{split}"
         path = os.path.join(self.workdir, f"transcripts{suffix}.jsonl")
-        return report(predict, self.exp.data.get(split), self.exp.eval_batch_size, path)
+        return report(outputs, self.exp.data.get(split), self.exp.eval_batch_size, path)
 
     # ----------------------------------------------------------------------------------------
     def _write_outputs(self, results: dict, history: list[dict], split: str) -> None:
