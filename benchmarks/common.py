@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -155,3 +156,25 @@ def write_report(name: str, payload: Mapping[str, Any], out: str | None = None) 
         json.dump(report, handle, indent=2)
         handle.write("\n")
     return path
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of the waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_torch_worker(script: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Runs ``script --torch-worker SPEC_JSON`` in a fresh process (no thread pool shared with
+    jax) and returns the JSON row it prints last, plus ``run_cpu_s`` (its CPU seconds)."""
+    command = [sys.executable, os.path.abspath(script), "--torch-worker", json.dumps(dict(spec))]
+    # Passive: OpenMP threads sleep between parallel regions instead of spinning on the cores.
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    cpu_before = children_cpu_seconds()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if completed.returncode != 0:
+        tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"torch peer failed (exit {completed.returncode}): {tail}")
+    row = json.loads(completed.stdout.strip().splitlines()[-1])
+    row["run_cpu_s"] = children_cpu_seconds() - cpu_before
+    return row

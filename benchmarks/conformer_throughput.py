@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from common import (
     add_common_args,
     apply_xla_flags,
     format_table,
+    run_torch_worker,
     time_steps,
     write_report,
 )
@@ -198,12 +198,6 @@ def torchaudio_param_count(d: int, layers: int, ffn: int, kernel: int) -> int:
     attention = 2 * d + 4 * d * d + 4 * d
     conv = 2 * d + (2 * d * d + 2 * d) + (d * kernel + d) + 2 * d + (d * d + d)
     return layers * (2 * feed_forward + attention + conv + 2 * d)
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU seconds of the waited-for children so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def measure_steps(
@@ -542,19 +536,8 @@ def measure_torch(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_torch_cpu_peer(spec: dict[str, Any], compiled: bool) -> dict[str, Any]:
-    """Runs ``measure_torch`` in a fresh process (no thread pool shared with jax)."""
-    command = [sys.executable, os.path.abspath(__file__), "--torch-worker"]
-    command.append(json.dumps({**spec, "compiled": compiled}))
-    # Passive: OpenMP threads sleep between parallel regions instead of spinning on the cores.
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    cpu_before = children_cpu_seconds()
-    completed = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    if completed.returncode != 0:
-        tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"torch peer failed (exit {completed.returncode}): {tail}")
-    row = json.loads(completed.stdout.strip().splitlines()[-1])
-    row["run_cpu_s"] = children_cpu_seconds() - cpu_before
-    return row
+    """Runs ``measure_torch`` in a fresh process (``common.run_torch_worker``)."""
+    return run_torch_worker(__file__, {**spec, "compiled": compiled})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ import json
 import math
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -58,7 +57,9 @@ from common import (
     REPO_ROOT,
     add_common_args,
     apply_xla_flags,
+    children_cpu_seconds,
     format_table,
+    run_torch_worker,
     time_steps,
     write_report,
 )
@@ -294,12 +295,6 @@ def measure_steps(
     timed = time_steps(run_step, warmup, steps)
     median = timed.pop("step_ms_median")
     return {**timed, "step_ms": median, "tokens_per_s": tokens_per_step / (median / 1e3)}
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU seconds of the waited-for children so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------------------------------------------
@@ -569,19 +564,8 @@ def measure_torch(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_torch_cpu_peer(spec: dict[str, Any], compiled: bool) -> dict[str, Any]:
-    """Runs ``measure_torch`` in a fresh process (no thread pool shared with jax)."""
-    command = [sys.executable, os.path.abspath(__file__), "--torch-worker"]
-    command.append(json.dumps({**spec, "compiled": compiled}))
-    # Passive: OpenMP threads sleep between parallel regions instead of spinning on the cores.
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    cpu_before = children_cpu_seconds()
-    completed = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    if completed.returncode != 0:
-        tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"torch peer failed (exit {completed.returncode}): {tail}")
-    row = json.loads(completed.stdout.strip().splitlines()[-1])
-    row["run_cpu_s"] = children_cpu_seconds() - cpu_before
-    return row
+    """Runs ``measure_torch`` in a fresh process (``common.run_torch_worker``)."""
+    return run_torch_worker(__file__, {**spec, "compiled": compiled})
 
 
 # ------------------------------------------------------------------------------------------------
