@@ -20,6 +20,10 @@ from jaxdl.tasks.base import Field, Task
 from jaxdl.train import ShardedStep, make_train_step, sharded_state_initializer
 from tests.helpers import assert_same_training
 
+# CI time: the models' padding, CTC-step and size checks run with `make test-slow`; the
+# Conformer's references (tests/test_conformer.py) and the ctc task's tests stay in `make test`.
+pytestmark = pytest.mark.slow
+
 KEY = jax.random.key(0)
 VOCAB, FEATURES = 11, 16
 SPEECH_MODELS = ["bilstm_ctc", "conformer_ctc", "crnn_ctc"] + [

@@ -13,7 +13,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.signal import resample_poly
 
 
 def _time_warp(features: jax.Array, lengths: jax.Array, draws: jax.Array, window: int) -> jax.Array:
@@ -158,6 +157,8 @@ def speed_perturb(waveform: np.ndarray, factor: float, max_denominator: int = 10
     ratio = fractions.Fraction(factor).limit_denominator(max_denominator)
     if ratio == 1:
         return waveform.copy()
+    from scipy.signal import resample_poly  # ~0.6 s to import: only when perturbing
+
     resampled = resample_poly(waveform, ratio.denominator, ratio.numerator, axis=-1)
     return resampled.astype(waveform.dtype)
 
