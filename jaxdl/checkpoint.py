@@ -3,8 +3,10 @@
 Two ``CheckpointManager``s share a workdir: ``checkpoints/`` keeps the N latest (for resuming) and
 ``best/`` keeps the single best by the monitored metric (for evaluation and early stopping's
 "restore best"). Keeping them apart means the latest checkpoint is never deleted for being worse.
-Each latest checkpoint holds the train state, the grain iterator's position (one file per process,
-via grain's Orbax handler) and a small JSON of loop state (epoch, early-stopping counters).
+Each checkpoint holds the train state, the grain iterator's position (one file per process, via
+grain's Orbax handler) and a small JSON of loop state (epoch, early-stopping counters). The best
+copy is resumable too: when every latest checkpoint is damaged (a corrupted disk while only one was
+kept), the run resumes from the best one and replays from there instead of stopping.
 """
 
 from __future__ import annotations
@@ -79,41 +81,73 @@ class Checkpointer:
                 "state": ocp.args.StandardSave(state),
                 "loop": ocp.args.JsonSave(loop_state),
             }
+            if data_iterator is not None:
+                best_items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
             self.best.save(step, args=ocp.args.Composite(**best_items), force=True)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def reconcile_best(self, resumed_step: int, best_step: int | None, state: Any, loop: dict):
+    def reconcile_best(
+        self,
+        resumed_step: int,
+        best_step: int | None,
+        state: Any,
+        loop: dict,
+        data_iterator: Any | None = None,
+    ):
         """Makes ``best/`` agree with the resumed loop state after a kill between the two saves.
 
         Best checkpoints newer than ``resumed_step`` belong to a future the resumed run replays:
         they are dropped. If the loop's best is the resumed step itself but ``best/`` lacks it
-        (killed before the best copy committed), it is saved from the restored state.
+        (killed before the best copy committed), it is saved from the restored state and
+        ``data_iterator`` (rewound to that step), so it stays resumable.
         """
         for step in self.best.all_steps():
             if step > resumed_step:
                 self.best.delete(step)
         if best_step == resumed_step and resumed_step not in self.best.all_steps():
-            self.best.save(
-                resumed_step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    loop=ocp.args.JsonSave({**loop, "checksums": tree_checksums(state)}),
-                ),
-                force=True,
-            )
+            items = {
+                "state": ocp.args.StandardSave(state),
+                "loop": ocp.args.JsonSave({**loop, "checksums": tree_checksums(state)}),
+            }
+            if data_iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+            self.best.save(resumed_step, args=ocp.args.Composite(**items), force=True)
             self.best.wait_until_finished()
 
-    def read_loop_state(self, step: int) -> dict:
-        """The loop-state JSON of latest checkpoint ``step``, without touching the arrays."""
-        restored = self.latest.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+    def resume_candidates(self) -> list[tuple[str, int]]:
+        """``(kind, step)`` a resume may start from, in the order ``restore_latest`` tries them:
+        the latest checkpoints newest first, then the best one if it holds the data position."""
+        candidates = [("latest", s) for s in sorted(self.latest.all_steps(), reverse=True)]
+        best = self._resumable_best_step()
+        return candidates + ([("best", best)] if best is not None else [])
+
+    def _resumable_best_step(self) -> int | None:
+        """The best step if it can be resumed from (saved with the data iterator's position;
+        best copies written before jaxdl saved it there cannot)."""
+        step = self.best.latest_step()
+        if step is None or not os.path.isdir(os.path.join(self.best.directory, str(step), "data")):
+            return None
+        return step
+
+    def _manager_of(self, kind: str) -> ocp.CheckpointManager:
+        return {"latest": self.latest, "best": self.best}[kind]
+
+    def read_loop_state(self, step: int, kind: str = "latest") -> dict:
+        """The loop-state JSON of checkpoint ``step`` (``kind``: 'latest' or 'best'), without
+        touching the arrays."""
+        restored = self._manager_of(kind).restore(
+            step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())
+        )
         return dict(restored["loop"] or {})
 
-    def state_shapes(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
-        """``{'params/a/kernel': (shape, dtype)}`` of latest checkpoint ``step``'s train state,
-        read from metadata (to check a restore target before restoring)."""
-        state_dir = os.path.join(self.latest.directory, str(step), "state")
+    def state_shapes(
+        self, step: int, kind: str = "latest"
+    ) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``{'params/a/kernel': (shape, dtype)}`` of checkpoint ``step``'s train state (``kind``:
+        'latest' or 'best'), read from metadata (to check a restore target before restoring)."""
+        state_dir = os.path.join(self._manager_of(kind).directory, str(step), "state")
         tree = read_tree_metadata(state_dir)
         flat = jax.tree_util.tree_flatten_with_path(tree)[0]
         return {key_path_str(p): (tuple(m.shape), str(m.dtype)) for p, m in flat}
@@ -128,10 +162,22 @@ class Checkpointer:
         and, if given, rewinds ``data_iterator`` in place. Returns ``(state, loop_state)``.
 
         A checkpoint that cannot be read or fails its checksums is named in a warning, moved
-        aside (``damaged-<step>``) and the previous one is tried; ``NoGoodCheckpointError`` when
-        none is intact.
+        aside (``damaged-<step>``) and the previous one is tried; when none is intact, the best
+        checkpoint (if it holds the data position); ``NoGoodCheckpointError`` when nothing is.
         """
-        return self._restore_newest_intact(self.latest, abstract_state, data_iterator)
+        try:
+            return self._restore_newest_intact(self.latest, abstract_state, data_iterator)
+        except NoGoodCheckpointError:
+            step = self._resumable_best_step() if data_iterator is not None else None
+            if step is None:
+                raise
+            _warn(f"no intact latest checkpoint; resuming from the best one (step {step})")
+        try:
+            return self._restore_newest_intact(self.best, abstract_state, data_iterator)
+        except NoGoodCheckpointError:
+            raise NoGoodCheckpointError(
+                f"no intact checkpoint in {self.latest.directory} or {self.best.directory}"
+            ) from None
 
     def restore_best(self, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the best checkpoint (the latest intact one if the best is damaged)."""

@@ -192,3 +192,18 @@ def test_waveform_perturbation_changes_speed_and_adds_noise_at_the_snr_inside_le
         jax.random.key(1), jnp.asarray(audio), lengths, noise_prob=1.0, snr_db=(20.0, 20.0)
     )
     np.testing.assert_array_equal(again, noisy)
+
+
+def test_a_slowed_utterance_that_fills_its_batch_is_not_cut():
+    """A length-bucketed batch is padded only to its longest utterance; slowing that one down
+    must lengthen it (the task makes room), not cut its end off with the transcript still
+    asking for it."""
+    audio = np.sin(np.arange(1600, dtype=np.float32) / 3.0)[None, :]
+    task = _task(waveform_augment=(("speed_factors", (0.8, 0.8)),))
+    batch = {"audio": jnp.asarray(audio), "audio_length": jnp.asarray([1600], jnp.int32)}
+    prepared = task.prepare_train_batch(jax.random.key(0), batch)
+    (_, lengths), _ = task.model_inputs(prepared)
+    assert int(prepared["audio_length"][0]) == 1999  # floor(1599 / 0.8) + 1, not cut at 1600
+    assert prepared["audio"].shape[1] >= 1999
+    clean_lengths = task.features(batch)[1]
+    assert int(lengths[0]) > int(clean_lengths[0])

@@ -26,7 +26,7 @@ def _strip_metadata(hlo: str) -> str:
     return "\n".join(line.split(", metadata=")[0] for line in hlo.splitlines())
 
 
-@pytest.mark.parametrize("strategy", ["dp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["dp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_compile_lowers_exactly_the_step_train_runs(strategy, tmp_path):
     config = _lm_config(f"--config.mesh.strategy={strategy}")
     # What `jaxdl compile --topology cpu:8` builds ...

@@ -415,6 +415,8 @@ def test_nnx_bridge_matches_linen_apply_with_the_same_variables():
     np.testing.assert_allclose(nnx_logits, linen_logits, rtol=1e-6, atol=1e-6)
 
 
+# make test-slow: the Transformer's remat policies are tested in make test.
+@pytest.mark.slow
 def test_resnet_remat_gives_the_same_loss_and_gradients():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
 

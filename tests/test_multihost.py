@@ -243,6 +243,8 @@ def test_cli_training_across_two_processes_matches_single_process_evaluation(lau
     np.testing.assert_allclose(single["loss"], results["loss"], rtol=RTOL)
 
 
+# make test-slow: SIGTERM on one process is tested in make test (test_reliability.py).
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(launch, tmp_path):
     processes = launch("--mode", "preempt").processes
     metrics = tmp_path / "metrics.jsonl"

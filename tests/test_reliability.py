@@ -220,7 +220,15 @@ def _damage(step_dir, how):
         handle.write(data)
 
 
-@pytest.mark.parametrize("how", ["flip", "truncate", "value"])
+# make test runs "flip"; make test-slow all three.
+@pytest.mark.parametrize(
+    "how",
+    [
+        "flip",
+        pytest.param("truncate", marks=pytest.mark.slow),
+        pytest.param("value", marks=pytest.mark.slow),
+    ],
+)
 def test_a_damaged_latest_checkpoint_is_named_set_aside_and_the_previous_one_used(
     tmp_path, how, capfd
 ):
@@ -244,10 +252,42 @@ def test_a_damaged_latest_checkpoint_is_named_set_aside_and_the_previous_one_use
     assert sorted(again.checkpointer.latest.all_steps()) == steps[:-1]
 
 
+def test_the_only_latest_checkpoint_damaged_resumes_from_best_and_replays_identically(
+    tmp_path, capfd
+):
+    """One checkpoint kept and it is corrupted: the run goes back to the best copy (which holds
+    the data position too) and replays to the same end, rather than stopping with nothing."""
+    # No evaluation after the first counts as better: the best step is the first evaluation.
+    config = tiny_digits_config(
+        3, "--config.checkpoint.max_to_keep=1", "--config.train.eval_every_steps=8",
+        "--config.early_stopping.min_delta=1e9", "--config.early_stopping.patience=100",
+    )  # fmt: skip
+    finished = Trainer(build_experiment(config), str(tmp_path / "reference"), quiet=True).fit()
+    workdir = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "reference", workdir)
+    (last,) = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    (best,) = [int(p.name) for p in (workdir / "best").iterdir() if p.name.isdigit()]
+    assert best < last  # the replay is real: it starts before the damaged step
+    _damage(workdir / "checkpoints" / str(last), "flip")
+    (workdir / "results.json").unlink()
+
+    rerun = Trainer(build_experiment(config), str(workdir), quiet=True)
+    assert rerun.check_resume() == last  # metadata still reads; the arrays do not
+    results = rerun.fit()
+    err = capfd.readouterr().err
+    assert f"no intact latest checkpoint; resuming from the best one (step {best})" in err
+    assert (workdir / "checkpoints" / f"damaged-{last}").is_dir()
+    assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == last
+    timing = {"train_seconds"}
+    assert {k: v for k, v in results.items() if k not in timing} == {
+        k: v for k, v in finished.items() if k not in timing
+    }
+
+
 def test_no_intact_checkpoint_is_one_line_with_exit_5(tmp_path):
     config = tiny_digits_config(3, "--config.checkpoint.max_to_keep=1")
     Trainer(build_experiment(config), str(tmp_path), quiet=True).fit()
-    for step_dir in (tmp_path / "checkpoints").iterdir():
+    for step_dir in [*(tmp_path / "checkpoints").iterdir(), *(tmp_path / "best").iterdir()]:
         if step_dir.name.isdigit():
             _damage(step_dir, "truncate")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -261,7 +301,7 @@ def test_no_intact_checkpoint_is_one_line_with_exit_5(tmp_path):
     assert done.returncode == 5, done.stderr[-2000:]
     # Each damaged step is named; Orbax's reader threads may still print asyncio noise before
     # the final line (a known limitation), but the last line says what happened.
-    assert done.stderr.count("is damaged") == 1
+    assert done.stderr.count("is damaged") == 2  # the latest and the best copy
     assert done.stderr.strip().splitlines()[-1].startswith("jaxdl: no intact checkpoint in ")
 
 
@@ -295,6 +335,8 @@ def test_a_kill_after_the_latest_commit_but_before_the_best_copy_repairs_best(tm
     rerun = Trainer(build_experiment(config), str(tmp_path), quiet=True)
     results = rerun.fit()
     assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == ["8"]
+    # The repaired copy holds the data position too: a later resume may start from it.
+    assert rerun.checkpointer.resume_candidates()[-1] == ("best", 8)
     assert results["step"] == 8 and results["best_step"] == 8
     assert results["confusion_matrix"] == finished["confusion_matrix"]
 
@@ -401,6 +443,8 @@ def test_rollback_restores_the_last_checkpoint_with_a_lower_lr_that_survives_a_r
     assert train_steps == sorted(set(train_steps))
 
 
+# make test-slow: rollback itself is tested in make test.
+@pytest.mark.slow
 def test_rollback_gives_up_after_max_rollbacks(tmp_path, capsys):
     config = tiny_digits_config(
         1, "--config.optimizer.learning_rate=1e6", "--config.schedule.warmup_epochs=0",
@@ -421,9 +465,18 @@ def test_rollback_gives_up_after_max_rollbacks(tmp_path, capsys):
     ("override", "message"),
     [
         ("--config.train.on_nonfinite=ignore", "train.on_nonfinite must be one of stop, skip"),
-        ("--config.train.max_nonfinite_skips=0", "train.max_nonfinite_skips must be >= 1"),
-        ("--config.train.rollback_lr_factor=1.5", "train.rollback_lr_factor must be in (0, 1)"),
-        ("--config.train.max_rollbacks=-1", "train.max_rollbacks must be >= 0"),
+        # The rest in make test-slow: each starts a process.
+        *(
+            pytest.param(override, message, marks=pytest.mark.slow)
+            for override, message in [
+                ("--config.train.max_nonfinite_skips=0", "train.max_nonfinite_skips must be >= 1"),
+                (
+                    "--config.train.rollback_lr_factor=1.5",
+                    "train.rollback_lr_factor must be in (0, 1)",
+                ),
+                ("--config.train.max_rollbacks=-1", "train.max_rollbacks must be >= 0"),
+            ]
+        ),
     ],
 )
 def test_a_bad_nonfinite_setting_is_one_line_with_exit_2(tmp_path, override, message):
@@ -440,6 +493,8 @@ def test_a_bad_nonfinite_setting_is_one_line_with_exit_2(tmp_path, override, mes
     assert not (tmp_path / "run").exists()
 
 
+# make test-slow: test_resume.py allows and refuses config changes in make test.
+@pytest.mark.slow
 def test_config_history_is_kept_on_an_allowed_change_and_untouched_on_a_refused_one(tmp_path):
     config = tiny_digits_config(
         1, "--config.train.num_steps=4", "--config.schedule.warmup_epochs=0"

@@ -56,6 +56,8 @@ def _crash_after(trainer: Trainer, steps: int) -> None:
     trainer.train_step = crashing
 
 
+# make test-slow: make test kills a run in both commit windows (test_kill_campaign.py).
+@pytest.mark.slow
 def test_a_run_killed_between_step_checkpoints_resumes_bit_identical(tmp_path):
     config = tiny_digits_config(3, *STEP_OVERRIDES)
     full = Trainer(build_experiment(config), str(tmp_path / "full"), quiet=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import portpicker
+import pytest
 from PIL import Image
 
 from jaxdl.data.loading import load_data
@@ -32,6 +33,8 @@ def _folder(root: Path) -> None:
             Image.fromarray(pixels).save(root / f"class{label}" / f"{i}.png")
 
 
+# make test-slow: tests/test_multihost.py trains two processes in make test.
+@pytest.mark.slow
 def test_two_processes_read_disjoint_shards_of_a_streamed_folder_and_train(tmp_path):
     folder = tmp_path / "folder"
     _folder(folder)

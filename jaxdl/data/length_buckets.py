@@ -1,13 +1,14 @@
-"""Length bucketing: batches of similar-length token sequences, padded to their bucket's bound.
+"""Length bucketing: batches of similar-length examples, padded to their bucket's bound.
 
-Padding every review to ``max_len`` spends most of the compute on padding (the median review is
-a fraction of the longest). Bucketing keeps the shapes to a few bounds (one compilation each
-under ``jit``) and the padding small. Written here because grain has no bucketing transform
+Padding every review (or utterance) to the longest spends most of the compute on padding (the
+median is a fraction of the longest). Bucketing keeps the shapes to a few bounds (one compilation
+each under ``jit``) and the padding small. Written here because grain has no bucketing transform
 (0.2.18), and the logic is a sort and a split.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,25 +31,48 @@ def bucket_of(length: int, bounds: Sequence[int]) -> int:
     return min(int(np.searchsorted(bounds, length)), len(bounds) - 1)
 
 
-def pad_batch(sequences: Sequence[np.ndarray], bounds: Sequence[int], pad_id: int) -> np.ndarray:
-    """int32 [batch, bound]: each sequence truncated to the last bound and right-padded with
-    ``pad_id`` to the smallest bound that holds the longest one."""
-    width = bounds[bucket_of(max(len(s) for s in sequences), bounds)]
-    batch = np.full((len(sequences), width), pad_id, np.int32)
-    for row, sequence in zip(batch, sequences, strict=True):
-        row[: min(len(sequence), width)] = sequence[:width]
-    return batch
+class BucketPlan:
+    """Global batches of ``global_batch`` examples of similar length, reshuffled every epoch: a
+    pure function of (epoch, seed), so any process computes any batch and a resumed run (which
+    only needs the batch index) reads the same batches.
 
+    Each epoch shuffles every bucket's members and cuts them into full batches; the buckets'
+    remainders, in bucket order, make the last few batches (each spans neighbouring buckets), so
+    an epoch uses every example but the final ``len % global_batch``, as ``drop_remainder``
+    does. The batch order is shuffled too. A batch's ``spares`` are the other members of the
+    bucket of its longest-bucket example, to stand in for records that turn out unreadable
+    (``data.on_error='skip'``) so batches stay full and no wider.
+    """
 
-def bucketed_batches(
-    lengths: Sequence[int], bounds: Sequence[int], batch_size: int, seed: int
-) -> list[np.ndarray]:
-    """Index batches of at most ``batch_size`` from one bucket each, shuffled within buckets and
-    in batch order by ``seed``; every index appears once."""
-    rng = np.random.default_rng(seed)
-    buckets = np.asarray([bucket_of(n, bounds) for n in lengths], np.int64)
-    batches = []
-    for bucket in range(len(bounds)):
-        members = rng.permutation(np.flatnonzero(buckets == bucket))
-        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+    def __init__(self, lengths: Sequence[int], bounds: Sequence[int], global_batch: int, seed: int):
+        if global_batch < 1 or len(lengths) < global_batch:
+            raise DataError(
+                f"length bucketing needs a global batch of 1 to {len(lengths)} examples, "
+                f"got {global_batch}"
+            )
+        self.bounds, self.global_batch, self.seed = tuple(bounds), int(global_batch), int(seed)
+        self.buckets = np.asarray([bucket_of(int(n), self.bounds) for n in lengths], np.int64)
+        self.members = [np.flatnonzero(self.buckets == b) for b in range(len(self.bounds))]
+        self.batches_per_epoch = len(lengths) // self.global_batch
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - a plan lives as long as its loader
+    def _epoch(self, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The epoch's shuffled members per bucket and its batches (index arrays), in order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        shuffled = [rng.permutation(m) for m in self.members]
+        size, batches, remainders = self.global_batch, [], []
+        for members in shuffled:
+            full = len(members) - len(members) % size
+            batches += [members[i : i + size] for i in range(0, full, size)]
+            remainders.append(members[full:])
+        rest = np.concatenate(remainders)
+        batches += [rest[i : i + size] for i in range(0, len(rest) - size + 1, size)]
+        return shuffled, [batches[i] for i in rng.permutation(len(batches))]
+
+    def batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices [global_batch], spares)`` of global batch ``index``."""
+        epoch, position = divmod(int(index), self.batches_per_epoch)
+        shuffled, batches = self._epoch(epoch)
+        indices = batches[position]
+        members = shuffled[int(self.buckets[indices].max())]
+        return indices, members[~np.isin(members, indices)]

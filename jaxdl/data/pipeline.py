@@ -9,6 +9,7 @@ the same loaders feed images, token sequences and language-model windows.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from jaxdl.data.length_buckets import BucketPlan, bucket_bounds, bucket_of
 from jaxdl.data.packing import is_packed, pack_documents
 from jaxdl.data.records import ArraySource, Record, RecordSource
 from jaxdl.data.sources import ArrayDataset
@@ -78,6 +80,7 @@ def make_train_loader(
     shard_count: int = 1,
     worker_count: int = 0,
     read_threads: int = 8,
+    length_buckets: int = 0,
 ) -> grain.IterDataset:
     """Infinite training pipeline yielding batches of the ``spec`` fields ([B, ...] each).
 
@@ -90,6 +93,10 @@ def make_train_loader(
     ``batch_size`` records (the per-process batch) and run across epoch boundaries. Iterators
     support ``get_state()``/``set_state()`` for exact resumption (the trainer checkpoints them).
     ``spec`` defaults to ``IMAGE_FIELDS`` for an ``ArrayDataset``.
+
+    ``length_buckets`` > 0 groups examples of similar length (see ``_bucketed_batches``): the
+    spec's variable-length field (a ``Field`` with ``length_field``) is cut to the smallest of
+    that many bounds holding the batch's longest example.
     """
     _check_positive(batch_size=batch_size, shard_count=shard_count, read_threads=read_threads)
     if worker_count < 0:
@@ -99,6 +106,11 @@ def make_train_loader(
         raise ValueError(f"cannot shard {len(source)} examples over {shard_count} processes")
     if spec is None and isinstance(data, ArrayDataset):
         spec = IMAGE_FIELDS
+    if length_buckets > 0:
+        batches = _bucketed_batches(
+            source, spec, length_buckets, batch_size, seed, shard_index, shard_count, read_threads
+        )
+        return _with_workers(batches, worker_count)
     records = grain.MapDataset.source(source)[shard_index::shard_count]
     records = records.shuffle(seed=seed).repeat(None)
     packed = is_packed(spec)
@@ -110,13 +122,95 @@ def make_train_loader(
     examples = records.to_iter_dataset(read)
     if packed:
         examples = pack_documents(examples, spec["tokens"].shape[0])
-    batches = examples.batch(batch_size, drop_remainder=True)
+    return _with_workers(examples.batch(batch_size, drop_remainder=True), worker_count)
+
+
+def _with_workers(batches: grain.IterDataset, worker_count: int) -> grain.IterDataset:
+    """``batches`` produced in ``worker_count`` grain worker processes (0: in this one)."""
     if worker_count > 0:
         # grain worker processes read absl flags, which fail if never parsed.
         flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2)
         batches = batches.mp_prefetch(options)
     return batches
+
+
+def _bucketed_batches(
+    source: RecordSource,
+    spec: Mapping[str, Any] | None,
+    num_buckets: int,
+    batch_size: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+    read_threads: int,
+) -> grain.IterDataset:
+    """Batches whose examples come from one length bucket (a ``BucketPlan`` over the whole
+    source, from ``source.example_lengths()``): each global batch is split across processes, so
+    every process's part has the same bucket, and hence the same shape."""
+    varlen = {
+        name: field.length_field
+        for name, field in (spec or {}).items()
+        if getattr(field, "length_field", None)
+    }
+    if len(varlen) != 1:
+        raise ValueError(
+            "data.length_buckets needs a batch spec with exactly one variable-length field "
+            f"(a Field with length_field); got {sorted(varlen) or 'none'}"
+        )
+    lengths_of = getattr(source, "example_lengths", None)
+    if lengths_of is None:
+        raise ValueError(
+            f"data.length_buckets: {type(source).__name__} does not know its examples' lengths "
+            "(example_lengths)"
+        )
+    ((field_name, length_name),) = varlen.items()
+    lengths = np.asarray(lengths_of())
+    size = _field_shape(spec[field_name])[0]
+    # The last bound is the longest example, not the field's size (often set by the longest of
+    # every split); an example read longer than its header said gets the full size.
+    bounds = bucket_bounds(lengths, num_buckets, int(min(size, max(lengths.max(), 1))))
+    plan = BucketPlan(lengths, bounds, batch_size * shard_count, seed)
+    read = _ReadBucketedBatch(
+        source, plan, spec, field_name, length_name, batch_size, shard_index, shard_count
+    )
+    batches = grain.MapDataset.range(0, sys.maxsize).map(read)  # an index per global batch
+    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads)
+    return batches.to_iter_dataset(options)
+
+
+class _ReadBucketedBatch(grain.transforms.Map):
+    """Global batch index -> this process's part of it: its records read, the spec's fields
+    kept, the variable-length field cut to the smallest bound holding the longest example.
+    An unreadable record (``None``) is replaced by the next spare of its bucket."""
+
+    def __init__(self, source, plan, spec, field_name, length_name, batch_size, index, count):
+        self.source, self.plan, self.select = source, plan, _SelectFields(spec)
+        self.field_name, self.length_name = field_name, length_name
+        self.part = slice(index * batch_size, (index + 1) * batch_size)
+        self.index, self.count = index, count
+
+    def map(self, batch_index: int) -> Batch:
+        indices, spares = self.plan.batch(batch_index)
+        spare_indices = iter(spares[self.index :: self.count])
+        records = []
+        for index in indices[self.part]:
+            record = self.source[int(index)]
+            while record is None:
+                spare = next(spare_indices, None)
+                if spare is None:
+                    raise ValueError(
+                        f"train batch {batch_index}: its records and every spare of their "
+                        "length bucket are unreadable"
+                    )
+                record = self.source[int(spare)]
+            records.append(self.select.map(record))
+        longest = max(int(r[self.length_name]) for r in records)
+        bounds = self.plan.bounds
+        width = bounds[bucket_of(longest, bounds)] if longest <= bounds[-1] else None
+        batch = {name: np.stack([r[name] for r in records]) for name in records[0]}
+        batch[self.field_name] = batch[self.field_name][:, :width]
+        return batch
 
 
 def iterate_eval_batches(

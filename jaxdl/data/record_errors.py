@@ -89,6 +89,16 @@ class GuardedSource:
     def describe(self, index: int) -> str:
         return describe_record(self.source, index)
 
+    def example_lengths(self):
+        """The wrapped source's ``example_lengths()`` (for length bucketing)."""
+        lengths = getattr(self.source, "example_lengths", None)
+        if lengths is None:
+            raise ValueError(
+                f"data.length_buckets: the {self.split} split ({type(self.source).__name__}) does "
+                "not know its examples' lengths"
+            )
+        return lengths()
+
     def __repr__(self) -> str:
         # The policy is not part of the data: a resumed run may switch raise <-> skip.
         return repr(self.source)

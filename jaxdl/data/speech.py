@@ -13,6 +13,7 @@ tokenizer fitted on the training transcripts: id 0 (the tokenizer's pad id) is C
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,18 @@ class CTCRecords:
     def transcript(self, index: int) -> str:
         """The normalised reference transcript of utterance ``index`` (no audio decoded)."""
         return normalize_transcript(self.source.texts[index])
+
+    def example_lengths(self) -> np.ndarray:
+        """Samples per utterance at the model's rate, from file headers alone (for length
+        bucketing); 0 for a file whose header cannot be read (judged when it is read)."""
+        lengths = np.zeros(len(self.source), np.int64)
+        for index in range(len(self.source)):
+            try:
+                seconds = self.source.duration_seconds(index)
+            except RecordError:
+                continue
+            lengths[index] = math.ceil(seconds * self.source.sample_rate)
+        return lengths
 
     def __getitem__(self, index: int) -> Record:
         record = self.source[index]

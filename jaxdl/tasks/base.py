@@ -34,11 +34,15 @@ EXAMPLE_MASK = "mask"
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """One field of an example: dtype, per-example shape and the value used to pad with."""
+    """One field of an example: dtype, per-example shape and the value used to pad with.
+
+    ``length_field`` names the field holding a variable-length field's valid length (its first
+    axis): with ``data.length_buckets`` the train loader cuts it to the batch's bucket bound."""
 
     dtype: Any
     shape: tuple[int, ...] = ()
     pad_value: int | float = 0
+    length_field: str | None = None
 
     def abstract(self, batch_size: int) -> jax.ShapeDtypeStruct:
         """The field of a ``batch_size`` batch as a ShapeDtypeStruct."""

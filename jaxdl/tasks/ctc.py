@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -126,7 +127,7 @@ class CTCSpeechRecognition(Task):
 
     def batch_spec(self) -> BatchSpec:
         return {
-            "audio": Field(np.float32, (self.max_samples,)),
+            "audio": Field(np.float32, (self.max_samples,), length_field="audio_length"),
             "audio_length": Field(np.int32),
             "labels": Field(np.int32, (self.max_label_len,), pad_value=self.blank_id),
             "label_length": Field(np.int32),
@@ -141,8 +142,14 @@ class CTCSpeechRecognition(Task):
         with SpecAugment, each drawn from ``key`` when on."""
         wave_key, spec_key = jax.random.split(key)
         if self.waveform_augment:
+            # Room for the slowest speed first, so a slowed utterance is never cut short (a
+            # length-bucketed batch is padded only to its longest utterance).
+            slowest = min(dict(self.waveform_augment).get("speed_factors", (1.0, 1.0)))
+            size = batch["audio"].shape[1]
+            room = max(math.ceil(size / slowest) - size, 0) if slowest > 0 else 0
+            audio = jnp.pad(batch["audio"], ((0, 0), (0, room)))
             audio, audio_lengths = perturb_waveforms(
-                wave_key, batch["audio"], batch["audio_length"], **dict(self.waveform_augment)
+                wave_key, audio, batch["audio_length"], **dict(self.waveform_augment)
             )
             batch = {**batch, "audio": audio, "audio_length": audio_lengths}
         features, lengths = self.features(batch)

@@ -144,19 +144,21 @@ class Trainer:
         sums = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *host)
         return self.task.summarize(sums)
 
-    def _newest_readable_checkpoint(self) -> tuple[int | None, dict | None]:
-        """The newest latest-checkpoint step whose loop state and metadata read back, and its
-        saved fingerprint; damaged ones are left for ``restore_latest`` to name and set aside."""
-        for step in sorted(self.checkpointer.latest.all_steps(), reverse=True):
+    def _newest_readable_checkpoint(self) -> tuple[str, int | None, dict | None]:
+        """The newest resume candidate (kind, step) whose loop state and metadata read back, and
+        its saved fingerprint; damaged ones are left for ``restore_latest`` to name and set
+        aside."""
+        candidates = self.checkpointer.resume_candidates()
+        for kind, step in candidates:
             try:
-                loop = self.checkpointer.read_loop_state(step)
-                self.checkpointer.state_shapes(step)
+                loop = self.checkpointer.read_loop_state(step, kind)
+                self.checkpointer.state_shapes(step, kind)
             except Exception:  # noqa: BLE001 - unreadable: damaged, judged at restore
                 continue
-            return step, loop.get("fingerprint")
-        if self.checkpointer.latest.all_steps():
+            return kind, step, loop.get("fingerprint")
+        if candidates:
             raise NoGoodCheckpointError(f"no readable checkpoint in {self.workdir}/checkpoints")
-        return None, None
+        return "latest", None, None
 
     def check_resume(self) -> int | None:
         """The step to resume from (None: fresh run), after the fingerprint and structure checks.
@@ -164,7 +166,7 @@ class Trainer:
         Raises ``ConfigChangedError`` on a changed fingerprint without ``allow_config_change``,
         and ``UserError`` when the state's structure changed (a resume is then impossible).
         """
-        step, saved = self._newest_readable_checkpoint()
+        kind, step, saved = self._newest_readable_checkpoint()
         if step is None:
             return None
         changes = config_diff(saved, self.exp.fingerprint()) if saved is not None else {}
@@ -173,7 +175,7 @@ class Trainer:
                 f"{self.workdir} was trained with a different config ({_describe(changes)}); "
                 "use a new --workdir, or pass --allow-config-change to resume anyway"
             )
-        saved_shapes = self.checkpointer.state_shapes(step)
+        saved_shapes = self.checkpointer.state_shapes(step, kind)
         wanted = tree_shapes(self.exp.abstract_state)
         mismatched = {
             path: (saved_shapes.get(path), shape)
@@ -315,6 +317,7 @@ class Trainer:
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
             worker_count=int(cfg.data.get("worker_count", 0)),
+            length_buckets=int(cfg.data.get("length_buckets", 0)),
         )
         iterator = self._data_iterator = iter(loader)
         loop_state: dict = {}
@@ -324,7 +327,7 @@ class Trainer:
             )
             best_step = loop_state.get("callbacks", {}).get("EarlyStopper", {}).get("best_step")
             self.checkpointer.reconcile_best(
-                int(self.state.step), best_step, self.state, loop_state
+                int(self.state.step), best_step, self.state, loop_state, iterator
             )
             self._print(f"resumed from step {int(self.state.step)}")
         else:
