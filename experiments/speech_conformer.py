@@ -33,7 +33,7 @@ CONFORMER_SIZES = {"tiny": (144, 4, 4), "s": (144, 16, 4), "m": (256, 16, 4), "l
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_config_arg(
-        arg, data=DEFAULT_CORPUS, model="conformer_ctc", size="tiny", steps=1500, batch_size=32
+        arg, data=DEFAULT_CORPUS, model="conformer_ctc", size="tiny", steps=2300, batch_size=32
     )
     if args.model not in MODELS:
         raise ConfigError(f"experiments/speech_conformer.py: model must be one of {MODELS}")
@@ -121,7 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = args.batch_size
     config.train.per_device_batch_size = config_dict.placeholder(int)
     config.train.eval_batch_size = 64
-    config.train.eval_every_steps = 300
+    config.train.eval_every_steps = max(args.steps // 5, 1)  # an evaluation costs ~20 steps
     config.train.microbatches = 1
     config.train.on_nonfinite = "skip"
     config.train.max_nonfinite_skips = 10
@@ -130,7 +130,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.init = sections.init()
     config.early_stopping = sections.early_stopping("val_wer", "min")
-    config.checkpoint = sections.checkpoint(max_to_keep=2, every_steps=300)
+    config.checkpoint = sections.checkpoint(max_to_keep=2, every_steps=max(args.steps // 5, 1))
     config.mesh = sections.mesh("dp")
     config.distributed = sections.distributed()
     config.logging = sections.logging(every_steps=50)

@@ -257,6 +257,21 @@ def test_an_example_longer_than_its_reported_length_is_never_cut():
     assert 16 in widths and widths <= {16, *_bounds_below(source)}  # 16: the full size
 
 
+def test_with_several_processes_a_longer_than_reported_example_is_replaced_not_cut():
+    class Understated(_VarLenSource):
+        def example_lengths(self):  # the six records of 16 said 14
+            return np.where(np.asarray(self.lengths) == 16, 14, self.lengths)
+
+    source = Understated(LENGTHS)
+    halves = [iter(_bucketed(source, 2, shard_index=i, shard_count=2)) for i in range(2)]
+    for _ in range(30):
+        parts = [next(h) for h in halves]
+        assert parts[0]["seq"].shape == parts[1]["seq"].shape  # one global array's parts
+        for part in parts:
+            assert (part["seq_length"] <= part["seq"].shape[1]).all()
+            assert (part["seq_length"] < 16).all()  # replaced, never cut
+
+
 def _bounds_below(source):
     from jaxdl.data.length_buckets import bucket_bounds
 

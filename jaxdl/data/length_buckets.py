@@ -51,6 +51,7 @@ class BucketPlan:
                 f"got {global_batch}"
             )
         self.bounds, self.global_batch, self.seed = tuple(bounds), int(global_batch), int(seed)
+        self.lengths = np.asarray(lengths, np.int64)
         self.buckets = np.asarray([bucket_of(int(n), self.bounds) for n in lengths], np.int64)
         self.members = [np.flatnonzero(self.buckets == b) for b in range(len(self.bounds))]
         self.batches_per_epoch = len(lengths) // self.global_batch
@@ -69,10 +70,13 @@ class BucketPlan:
         batches += [rest[i : i + size] for i in range(0, len(rest) - size + 1, size)]
         return shuffled, [batches[i] for i in rng.permutation(len(batches))]
 
-    def batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(indices [global_batch], spares)`` of global batch ``index``."""
+    def batch(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(indices [global_batch], spares, width)`` of global batch ``index``: ``width`` is
+        the bound that holds its longest example (by the lengths given), the same for every
+        process's part of it."""
         epoch, position = divmod(int(index), self.batches_per_epoch)
         shuffled, batches = self._epoch(epoch)
         indices = batches[position]
-        members = shuffled[int(self.buckets[indices].max())]
-        return indices, members[~np.isin(members, indices)]
+        bucket = int(self.buckets[indices].max())
+        members = shuffled[bucket]
+        return indices, members[~np.isin(members, indices)], self.bounds[bucket]

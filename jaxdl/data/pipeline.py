@@ -8,6 +8,7 @@ the same loaders feed images, token sequences and language-model windows.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from collections.abc import Iterator, Mapping
@@ -17,12 +18,13 @@ import grain
 import numpy as np
 from absl import flags
 
-from jaxdl.data.length_buckets import BucketPlan, bucket_bounds, bucket_of
+from jaxdl.data.length_buckets import BucketPlan, bucket_bounds
 from jaxdl.data.packing import is_packed, pack_documents
 from jaxdl.data.records import ArraySource, Record, RecordSource
 from jaxdl.data.sources import ArrayDataset
 
 Batch = dict[str, np.ndarray]
+logger = logging.getLogger("jaxdl")
 
 # The batch of an ``ArrayDataset`` (images and class labels) when no spec is given.
 IMAGE_FIELDS = {"inputs": np.float32, "labels": np.int32}
@@ -181,8 +183,11 @@ def _bucketed_batches(
 
 class _ReadBucketedBatch(grain.transforms.Map):
     """Global batch index -> this process's part of it: its records read, the spec's fields
-    kept, the variable-length field cut to the smallest bound holding the longest example.
-    An unreadable record (``None``) is replaced by the next spare of its bucket."""
+    kept, the variable-length field cut to the global batch's bound (so every process's part
+    has one shape). An unreadable record (``None``) is replaced by the next spare of its bucket.
+    A record longer than its reported length allows is never cut: alone, the batch takes the
+    field's full size; with several processes (whose shapes must agree) it is replaced by a
+    spare, with one warning."""
 
     def __init__(self, source, plan, spec, field_name, length_name, batch_size, index, count):
         self.source, self.plan, self.select = source, plan, _SelectFields(spec)
@@ -191,11 +196,11 @@ class _ReadBucketedBatch(grain.transforms.Map):
         self.index, self.count = index, count
 
     def map(self, batch_index: int) -> Batch:
-        indices, spares = self.plan.batch(batch_index)
+        indices, spares, width = self.plan.batch(batch_index)
         spare_indices = iter(spares[self.index :: self.count])
         records = []
         for index in indices[self.part]:
-            record = self.source[int(index)]
+            record = self._read(int(index), width)
             while record is None:
                 spare = next(spare_indices, None)
                 if spare is None:
@@ -203,14 +208,35 @@ class _ReadBucketedBatch(grain.transforms.Map):
                         f"train batch {batch_index}: its records and every spare of their "
                         "length bucket are unreadable"
                     )
-                record = self.source[int(spare)]
-            records.append(self.select.map(record))
-        longest = max(int(r[self.length_name]) for r in records)
-        bounds = self.plan.bounds
-        width = bounds[bucket_of(longest, bounds)] if longest <= bounds[-1] else None
+                record = self._read(int(spare), width)
+            records.append(record)
+        if max(int(r[self.length_name]) for r in records) > width:
+            width = None  # one process only: the full size
         batch = {name: np.stack([r[name] for r in records]) for name in records[0]}
         batch[self.field_name] = batch[self.field_name][:, :width]
         return batch
+
+    def _read(self, index: int, width: int) -> Record | None:
+        record = self.source[index]
+        if record is None:
+            return None
+        record = self.select.map(record)
+        if self.count > 1 and int(record[self.length_name]) > width:
+            if not _LONGER_THAN_REPORTED:
+                _LONGER_THAN_REPORTED.add(index)
+                logger.warning(
+                    "length bucketing: record %d is longer (%d) than its reported length "
+                    "allows (%d); such records are replaced in multi-process runs (said once)",
+                    index,
+                    int(record[self.length_name]),
+                    width,
+                )
+            return None
+        return record
+
+
+# The first record read longer than reported in this process (the warning is said once).
+_LONGER_THAN_REPORTED: set[int] = set()
 
 
 def iterate_eval_batches(
