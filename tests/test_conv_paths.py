@@ -221,8 +221,10 @@ def test_resnet_block_values_gradients_and_params_are_the_same_with_either_impl(
 
 @pytest.mark.parametrize(
     "padding, stride, dilation",
-    [("SAME", 1, 1), ("CAUSAL", 1, 1), ("VALID", 2, 1), ((3, 1), 3, 2)],
-)
+    # Stride 1 takes the hand-written gradient (dilated and lopsided too); others autodiff's.
+    [("SAME", 1, 1), ("CAUSAL", 1, 1), ((6, 0), 1, 2), ((1, 9), 1, 3), ("VALID", 2, 1),
+     ((3, 1), 3, 2)],
+)  # fmt: skip
 def test_depthwise_conv1d_equals_torch_conv1d_with_groups_equal_to_channels(
     padding, stride, dilation
 ):
@@ -274,5 +276,12 @@ def test_depthwise_conv1d_plain_and_shifted_multiplies_agree():
         lambda x, w: depthwise_conv1d(x, w, 1, (3, 3), impl="plain"),
         lambda x, w: depthwise_conv1d(x, w, 1, (3, 3)),
         x,
+        kernel,
+    )
+    # Shorter than the kernel: the outer taps read only padding and are left out.
+    _assert_same(
+        lambda x, w: depthwise_conv1d(x, w, 1, (3, 3), impl="plain"),
+        lambda x, w: depthwise_conv1d(x, w, 1, (3, 3)),
+        x[:, :2],
         kernel,
     )
