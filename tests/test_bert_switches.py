@@ -143,6 +143,8 @@ def test_pooler_embedding_norm_and_token_types_compose_as_bert_does():
     assert not np.allclose(default, logits, atol=1e-3)
 
 
+# make test-slow: padding invisibility of the default blocks is tested in make test.
+@pytest.mark.slow
 def test_bert_switches_keep_padding_invisible():
     model = TransformerClassifier(**TINY, num_classes=3, **BERT_SWITCHES)
     tokens = TOKENS.at[:, 6:].set(0)

@@ -96,6 +96,8 @@ def test_results_report_test_metrics(trained_workdir):
     assert f"accuracy          | {results['accuracy']:.4f}" in result.stderr + result.stdout
 
 
+# make test-slow: resuming is tested in make test (test_resume.py, test_kill_campaign.py).
+@pytest.mark.slow
 def test_rerun_resumes_instead_of_retraining(trained_workdir):
     workdir, _ = trained_workdir
     before = json.loads((workdir / "results.json").read_text())

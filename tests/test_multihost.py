@@ -205,6 +205,8 @@ def _assert_sharding(leaf: jax.Array, sharding: NamedSharding) -> None:
     assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (leaf.sharding, sharding)
 
 
+# make test-slow: make test trains two processes (test_two_processes_train_like_one_process_*).
+@pytest.mark.slow
 def test_cli_training_across_two_processes_matches_single_process_evaluation(launch):
     finished = launch("--mode", "trainer")
     config = load_config(worker.DIGITS_CONFIG, worker.TRAINER_OVERRIDES)

