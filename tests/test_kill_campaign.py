@@ -72,15 +72,27 @@ console_main()
 
 
 def _start(workdir: Path, epochs: int, window: str | None = None) -> subprocess.Popen:
+    """Starts the hooked ``jaxdl train``; stderr goes to a file beside the workdir (a pipe the
+    campaign does not read while it waits for steps would fill and stall a chatty restart)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if window:
         env["KILL_WINDOW"] = window
     config = f"experiments/digits_resnet.py:depth=8,epochs={epochs}"
     command = [sys.executable, "-c", HOOK, *COMMAND[:1], "--config", config]
     command += ["--workdir", str(workdir), *COMMAND[1:]]
-    return subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    with open(workdir.parent / f"{workdir.name}.stderr", "w") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
+    process.stderr_path = workdir.parent / f"{workdir.name}.stderr"
+    return process
+
+
+def _finish(process: subprocess.Popen) -> str:
+    """Waits for ``process`` and returns its stderr."""
+    process.wait(timeout=300)
+    return process.stderr_path.read_text()
 
 
 def _steps(workdir: Path) -> list[int]:
@@ -126,10 +138,11 @@ def _campaign(workdir: Path, epochs: int, plan: list[str], seed: int) -> dict:
         if window is None:
             target = min(resume + int(rng.integers(1, 16)), total - 1)
             while process.poll() is None and _logged_step(workdir, started) < target:
+                assert time.time() - started < 300, f"no step {target} in 5 min: stalled?"
                 time.sleep(0.05)
             time.sleep(float(rng.uniform(0.0, 0.4)))  # anywhere: a step, an eval, a save
             process.send_signal(signal.SIGKILL)
-        _, err = process.communicate(timeout=300)
+        err = _finish(process)
         if process.returncode == 0:
             break  # finished before the kill landed
         assert process.returncode == -signal.SIGKILL, err[-3000:]
@@ -143,7 +156,7 @@ def _campaign(workdir: Path, epochs: int, plan: list[str], seed: int) -> dict:
         if kind == "random+corrupt" and _steps(workdir):
             _flip_bytes(workdir / "checkpoints" / str(_steps(workdir)[-1]))
     final = _start(workdir, epochs)
-    _, err = final.communicate(timeout=300)
+    err = _finish(final)
     assert final.returncode == 0, err[-3000:]
     damaged = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith("damaged")]
     return {"kills": kills, "restarts": kills, "damaged_set_aside": damaged, "stderr": err}
@@ -193,7 +206,7 @@ def _assert_same_as_uninterrupted(reference: Path, workdir: Path) -> bool:
 
 def _reference(path: Path, epochs: int) -> Path:
     process = _start(path, epochs)
-    _, err = process.communicate(timeout=300)
+    err = _finish(process)
     assert process.returncode == 0, err[-3000:]
     return path
 
