@@ -167,7 +167,8 @@ class Checkpointer:
         """
         try:
             return self._restore_newest_intact(self.latest, abstract_state, data_iterator)
-        except NoGoodCheckpointError:
+        except (NoGoodCheckpointError, FileNotFoundError):
+            # FileNotFoundError: a run killed after setting the last damaged one aside.
             step = self._resumable_best_step() if data_iterator is not None else None
             if step is None:
                 raise
