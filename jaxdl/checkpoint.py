@@ -69,21 +69,13 @@ class Checkpointer:
         when the checkpoint is restored.
         """
         loop_state = {**(loop_state or {}), "checksums": tree_checksums(state)}
-        items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self.latest.save(step, args=ocp.args.Composite(**items), force=True)
+        items = _save_items(state, loop_state, data_iterator)
+        self.latest.save(step, args=items, force=True)
         if is_best:
             if step in self.best.all_steps():  # left by a run killed before latest/step committed
                 self.best.wait_until_finished()
                 self.best.delete(step)
-            best_items = {
-                "state": ocp.args.StandardSave(state),
-                "loop": ocp.args.JsonSave(loop_state),
-            }
-            if data_iterator is not None:
-                best_items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-            self.best.save(step, args=ocp.args.Composite(**best_items), force=True)
+            self.best.save(step, args=items, force=True)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -107,13 +99,8 @@ class Checkpointer:
             if step > resumed_step:
                 self.best.delete(step)
         if best_step == resumed_step and resumed_step not in self.best.all_steps():
-            items = {
-                "state": ocp.args.StandardSave(state),
-                "loop": ocp.args.JsonSave({**loop, "checksums": tree_checksums(state)}),
-            }
-            if data_iterator is not None:
-                items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-            self.best.save(resumed_step, args=ocp.args.Composite(**items), force=True)
+            items = _save_items(state, {**loop, "checksums": tree_checksums(state)}, data_iterator)
+            self.best.save(resumed_step, args=items, force=True)
             self.best.wait_until_finished()
 
     def resume_candidates(self) -> list[tuple[str, int]]:
@@ -244,6 +231,14 @@ class Checkpointer:
         self.wait()
         self.latest.close()
         self.best.close()
+
+
+def _save_items(state: Any, loop_state: dict, data_iterator: Any | None) -> ocp.args.Composite:
+    """What every checkpoint (latest or best) holds: state, loop JSON and the data position."""
+    items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state)}
+    if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return ocp.args.Composite(**items)
 
 
 @contextlib.contextmanager
