@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxdl.optim.pruning import build_pruning
 from jaxdl.optim.schedules import reject_unknown_fields
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "rmsprop")
@@ -110,6 +111,7 @@ OPTIMIZER_FIELDS = frozenset(
         "clip_global_norm",
         "clip_value",
         "decay_bias_and_norm",
+        "pruning",
     ]
 )
 
@@ -126,10 +128,13 @@ def build_optimizer(
     'decoupled' = AdamW-style decay scaled by the lr; default 'decoupled' for adamw, else
     'coupled'); ``l1`` (default 0); ``clip_global_norm`` and ``clip_value`` (None = off);
     ``decay_bias_and_norm`` (default False: decay and L1 only touch kernels with ndim >= 2; True
-    decays every parameter, as torch's ``weight_decay`` on ``model.parameters()`` does).
+    decays every parameter, as torch's ``weight_decay`` on ``model.parameters()`` does);
+    ``pruning`` (optional sub-config, see ``jaxdl.optim.pruning.build_pruning``: magnitude
+    pruning of kernels; absent or ``sparsity=0``: none).
 
     Chain: clip by value -> clip by global norm -> L1 / coupled L2 -> update rule ->
-    decoupled decay -> scale by ``-schedule(count)``. ``update`` must be given params.
+    decoupled decay -> scale by ``-schedule(count)`` -> pruning masks. ``update`` must be given
+    params.
     """
     reject_unknown_fields(config, OPTIMIZER_FIELDS, "optimizer")
     name = config.get("name")
@@ -145,6 +150,7 @@ def build_optimizer(
     clip_global_norm = _optional_positive(config, "clip_global_norm")
     clip_value = _optional_positive(config, "clip_value")
     mask = None if config.get("decay_bias_and_norm", False) else decay_kernels_only
+    pruning = build_pruning(config.get("pruning"))
 
     chain = []
     if clip_value is not None:
@@ -160,4 +166,6 @@ def build_optimizer(
     if weight_decay and mode == "decoupled":
         chain.append(optax.add_decayed_weights(weight_decay, mask))
     chain.append(optax.scale_by_learning_rate(schedule))
+    if pruning is not None:
+        chain.append(pruning)  # last, so no later transform can move a pruned weight
     return optax.chain(*chain)
