@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 WORKDIR ?= runs/digits
 
-.PHONY: train test test-slow bench speech-corpus clean
+.PHONY: train test test-slow bench speech-corpus export-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
 
-# Tests also need the dev tools, torch (reference schedules/optimisers) and libtpu (the
-# `jaxdl compile` test AOT-compiles for a TPU topology on this CPU machine).
-$(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[dev,tpu]"
+EXPORT_STAMP := $(VENV)/.installed-export-stamp
+JAX2ONNX := jax2onnx==0.17.1
+
+# ONNX export (`jaxdl export --format onnx`): the `export` extra, then jax2onnx without its
+# dependencies (its wheel pins an old orbax-checkpoint that it never imports).
+$(EXPORT_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[export]"
+	$(BIN)/pip install --quiet --no-deps "$(JAX2ONNX)"
+	touch $(EXPORT_STAMP)
+
+export-deps: $(EXPORT_STAMP)
+
+# Tests also need the dev tools, torch (reference schedules/optimisers), libtpu (the
+# `jaxdl compile` test AOT-compiles for a TPU topology on this CPU machine) and the ONNX export.
+$(TEST_STAMP): $(STAMP) $(EXPORT_STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,tpu,export]"
 	touch $(TEST_STAMP)
 
 train: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|evaluate|generate|compile|shardings|data convert``.
+"""Command line: ``jaxdl train|evaluate|export|generate|transcribe|compile|shardings|data convert``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -53,6 +53,14 @@ def _prompt(text: str) -> str:
     return text
 
 
+def _platforms(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = sorted(set(names) - {"cpu", "cuda", "rocm", "tpu"})
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"platforms must be among cpu,cuda,rocm,tpu: {text!r}")
+    return names
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxdl", description=__doc__.splitlines()[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -69,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    export = commands.add_parser(
+        "export",
+        help="export a run's best checkpoint (StableHLO or ONNX), verified against JAX",
+        allow_abbrev=False,
+    )
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--format", required=True, choices=["stablehlo", "onnx"])
+    export.add_argument("--out", required=True, help="new directory for the graph and metadata")
+    export.add_argument(
+        "--platforms",
+        type=_platforms,
+        help="stablehlo: comma-separated targets, e.g. cpu,cuda,tpu (default: this backend)",
+    )
     generate = commands.add_parser(
         "generate",
         help="continue a prompt with a trained language model's best checkpoint",
@@ -198,6 +219,23 @@ def _generate(args: argparse.Namespace, experiment) -> int:
                 key=jax.random.key(args.seed),
             )
     print(tokenizer.decode(np.asarray(tokens[0])))
+    return 0
+
+
+def _export(args: argparse.Namespace, experiment) -> int:
+    """``jaxdl export``: the best (else latest) checkpoint as a verified StableHLO/ONNX graph."""
+    from jaxdl.export import export_experiment
+
+    state = _restore_best_state(experiment, args.workdir)
+    meta = export_experiment(
+        experiment, state, args.workdir, args.format, args.out, platforms=args.platforms
+    )
+    errors = ", ".join(f"{k} {v:.2g}" for k, v in meta["verified"]["max_abs_error"].items())
+    print(
+        f"exported step {meta['checkpoint_step']} of {args.workdir} as {args.format} to "
+        f"{args.out}; max |export - jax| on {meta['verified']['examples']} test examples: "
+        f"{errors}"
+    )
     return 0
 
 
@@ -411,6 +449,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return _generate(args, experiment)
     if args.command == "transcribe":
         return _transcribe(args, experiment)
+    if args.command == "export":
+        return _export(args, experiment)
     if args.command == "train":
         trainer = Trainer(experiment, args.workdir, allow_config_change=args.allow_config_change)
         trainer.fit()

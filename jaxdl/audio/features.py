@@ -21,6 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 WINDOWS = ("hann", "hamming")
 PAD_MODES = ("constant", "reflect")
@@ -48,10 +49,14 @@ def preemphasis(waveform: jax.Array, coef: float = 0.97) -> jax.Array:
 
 
 def _frame_count(num_samples, n_fft: int, hop_length: int, center: bool):
-    """Frame count with operators that work on Python ints (static shapes) and int arrays."""
+    """Frame count with operators that work on Python ints (static shapes) and int arrays.
+    Arrays divide with truncating ``lax.div`` on non-negative values (floor division there):
+    ``//`` lowers with ``rem``, which ONNX conversion with a symbolic batch cannot take."""
+    div = (lambda a, b: a // b) if isinstance(num_samples, (int, np.integer)) else lax.div
     if center:
-        return 1 + num_samples // hop_length
-    return (num_samples >= n_fft) * (1 + (num_samples - n_fft) // hop_length)
+        return 1 + div(num_samples, hop_length)
+    excess = num_samples - n_fft
+    return (num_samples >= n_fft) * (1 + div(excess * (excess >= 0), hop_length))
 
 
 def num_frames(

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxdl.layers.attention import (
     EMBED_ACTIVATION_AXES,
@@ -54,7 +55,9 @@ def conv_output_lengths(
     """Frames a convolution gives an unpadded utterance of each length:
     ``floor((L + pad_low + pad_high - kernel_size) / stride) + 1``, at least 0 (int32)."""
     window = lengths + padding[0] + padding[1] - kernel_size
-    return jnp.maximum(window // stride + 1, 0).astype(jnp.int32)
+    # Truncating ``lax.div`` on the non-negative windows equals floor division there, and unlike
+    # ``//`` (which lowers with ``rem``) it converts to ONNX with a symbolic batch dimension.
+    return jnp.where(window >= 0, lax.div(window, stride) + 1, 0).astype(jnp.int32)
 
 
 class MaskedBatchNorm(nn.Module):

@@ -7,10 +7,11 @@ convolution. Set ``JAXDL_CONV_IMPL=plain`` (read at trace time), a layer's ``imp
 model's ``conv_impl='plain'`` (``config.model.conv_impl``) to force the plain op everywhere.
 """
 
+import contextlib
 import functools
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -39,6 +40,21 @@ def _tuple(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
     if len(out) != n:
         raise ValueError(f"{what} must have {n} entries, got {value!r}")
     return out
+
+
+@contextlib.contextmanager
+def plain_ops() -> Iterator[None]:
+    """Traces inside the block emit the plain ops (as ``$JAXDL_CONV_IMPL=plain``): for graphs
+    leaving this process (ONNX, other platforms), whose runtimes have their own kernels."""
+    previous = os.environ.get(IMPL_ENV_VAR)
+    os.environ[IMPL_ENV_VAR] = "plain"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[IMPL_ENV_VAR]
+        else:
+            os.environ[IMPL_ENV_VAR] = previous
 
 
 def use_fast_paths(impl: str = "auto") -> bool:

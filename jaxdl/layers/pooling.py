@@ -70,6 +70,18 @@ def _max_pool_taps_bwd(window_shape, strides, pads, residuals, g):
 max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
 
 
+def _pad_with_neg_inf(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """``x`` [batch, *spatial, C] with -inf rows concatenated around each spatial axis."""
+    for axis, (low, high) in enumerate(pads, start=1):
+        if not (low or high):
+            continue
+        # Copies of one min(slice, -inf) slab, not full_like or repeat: ONNX conversion fixes
+        # the batch size of a broadcast, while these keep x's symbolic batch.
+        edge = jnp.minimum(lax.slice_in_dim(x, 0, 1, axis=axis), -jnp.inf)
+        x = jnp.concatenate([edge] * low + [x] + [edge] * high, axis=axis)
+    return x
+
+
 def max_pool(
     x: jax.Array,
     window_shape: Sequence[int],
@@ -93,5 +105,9 @@ def max_pool(
         )
     pads = tuple(resolve_padding(padding, x.shape[1:-1], window_shape, strides))
     if not use_fast_paths(impl):
-        return nn.max_pool(x, window_shape, strides=strides, padding=pads)
+        # Padding as -inf slabs and keyword arguments: jax2onnx 0.17.1's nn.max_pool drops
+        # explicit padding (and takes no positional window_shape), and its lax.pad cannot take
+        # a symbolic batch dimension. Same values and gradients as nn.max_pool's own padding.
+        padded = _pad_with_neg_inf(x, pads)
+        return nn.max_pool(padded, window_shape=window_shape, strides=strides, padding="VALID")
     return max_pool_taps(x, window_shape, strides, pads)

@@ -125,6 +125,17 @@ class Task(abc.ABC):
         }
         return self.model_inputs(batch)
 
+    def input_spec(self) -> BatchSpec:
+        """The fields a deployed model takes (``batch_spec`` without targets): what export,
+        serving and ``predict`` feed. Tasks not deployable yet raise ``NotImplementedError``."""
+        raise NotImplementedError(f"task {self.name!r} has no deployment inputs yet")
+
+    def serving_outputs(self, forward: Forward, inputs: Batch) -> dict[str, jax.Array]:
+        """Named outputs of a deployed model for ``inputs`` (an ``input_spec`` batch): what an
+        exported graph and the server return. Default: the model's output as ``outputs``."""
+        args, kwargs = self.model_inputs(inputs)
+        return {"outputs": forward(*args, **kwargs)}
+
     def check_record(self, record: Mapping[str, Any], where: str) -> None:
         """Raises ``DataError`` unless ``record`` has every field of the spec with its shape
         and a dtype that converts safely (ints stay ints: token ids never become floats)."""

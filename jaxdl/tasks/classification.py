@@ -80,6 +80,15 @@ class _Classification(Task):
         args, kwargs = self.model_inputs(inputs)
         return jnp.argmax(forward(*args, **kwargs), -1)
 
+    def input_spec(self) -> BatchSpec:
+        return {name: f for name, f in self.batch_spec().items() if name != "labels"}
+
+    def serving_outputs(self, forward: Forward, inputs: Batch) -> dict[str, jax.Array]:
+        """``logits`` [B, classes] and ``probabilities`` (their softmax), float32."""
+        args, kwargs = self.model_inputs(inputs)
+        logits = forward(*args, **kwargs).astype(jnp.float32)
+        return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
+
     def summary_rows(self, results: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [
             ("loss", f"{results['loss']:.4f}"),

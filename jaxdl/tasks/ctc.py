@@ -215,6 +215,15 @@ class CTCSpeechRecognition(Task):
         tokens, _ = ctc_greedy_decode(logits, out_lengths, self.blank_id)
         return tokens
 
+    def input_spec(self) -> BatchSpec:
+        spec = self.batch_spec()
+        return {name: spec[name] for name in ("audio", "audio_length")}
+
+    def serving_outputs(self, forward: Forward, inputs: Batch) -> dict[str, jax.Array]:
+        """``log_probs`` [B, T', V] (float32) and ``lengths`` [B] (valid frames of each)."""
+        log_probs, lengths = self.report_outputs(forward, inputs)
+        return {"log_probs": log_probs, "lengths": lengths}
+
     def report_outputs(self, forward: Forward, inputs: Batch) -> tuple[jax.Array, jax.Array]:
         """What ``report`` decodes on the host: log-probabilities [B, T', V] and lengths [B]."""
         logits, out_lengths = self._outputs(forward, inputs)

@@ -1,0 +1,171 @@
+"""An export directory: the graph, ``metadata.json`` and what a client needs beside it.
+
+``export_model`` writes the graph, reloads it, runs it on real examples of the experiment's data
+and compares it with the model in JAX: an export whose outputs differ by more than the tolerance is
+removed and reported, never left behind as a silently wrong model. ``load_exported`` gives a
+runner over the directory that checks the inputs it is given against the recorded spec.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from importlib import metadata as package_metadata
+from typing import Any
+
+import numpy as np
+
+from jaxdl.errors import JaxdlExit, UserError
+from jaxdl.export.formats import FILENAMES, LOADERS, WRITERS, Runner
+from jaxdl.export.inference import InferenceFunction
+
+METADATA_FILENAME = "metadata.json"
+# Largest |exported - JAX| accepted for float outputs (float32 graphs; integer outputs must match).
+TOLERANCE = 1e-4
+
+
+class ExportMismatchError(JaxdlExit):
+    """The exported graph's outputs differ from the model's in JAX beyond the tolerance."""
+
+    exit_code = 1
+
+
+def _versions(names: Sequence[str]) -> dict[str, str]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _spec_json(inference: InferenceFunction) -> dict[str, Any]:
+    return {
+        name: {"shape": ["batch", *field.shape], "dtype": np.dtype(field.dtype).name}
+        for name, field in inference.input_spec.items()
+    }
+
+
+def max_abs_errors(
+    expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """Largest absolute difference per output (shapes must agree: a mismatch is infinite)."""
+    errors = {}
+    for name, want in expected.items():
+        got = np.asarray(actual[name])
+        if got.shape != want.shape:
+            errors[name] = float("inf")
+            continue
+        errors[name] = float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0))
+    return errors
+
+
+def export_model(
+    inference: InferenceFunction,
+    fmt: str,
+    out_dir: str,
+    sample: Mapping[str, np.ndarray],
+    info: Mapping[str, Any],
+    platforms: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Writes ``inference`` in format ``fmt`` into the new directory ``out_dir`` with its
+    metadata (``info``: task, model, class names, checkpoint step, ...), verified on ``sample``
+    (an input batch). Returns the metadata. Raises ``ExportMismatchError`` (and removes the
+    directory) when the reloaded graph disagrees with JAX."""
+    if fmt not in WRITERS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {sorted(WRITERS)}")
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise UserError(f"export directory {out_dir} exists and is not empty")
+    os.makedirs(out_dir, exist_ok=True)
+    graph_path = os.path.join(out_dir, FILENAMES[fmt])
+    try:
+        if fmt == "stablehlo":
+            WRITERS[fmt](inference, graph_path, platforms)
+        else:
+            WRITERS[fmt](inference, graph_path)
+        runner = LOADERS[fmt](graph_path, inference.input_names, inference.output_names)
+        errors = max_abs_errors(inference(sample), runner(sample))
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    worst = max(errors.values(), default=0.0)
+    if not worst <= TOLERANCE:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise ExportMismatchError(
+            f"{fmt} export differs from the JAX model by {worst:.3g} (> {TOLERANCE}) on "
+            f"{len(next(iter(sample.values())))} examples: {errors}; nothing was written"
+        )
+    meta = {
+        "format": fmt,
+        "graph": FILENAMES[fmt],
+        "inputs": _spec_json(inference),
+        "outputs": list(inference.output_names),
+        **info,
+        "verified": {
+            "examples": int(len(next(iter(sample.values())))),
+            "max_abs_error": errors,
+            "tolerance": TOLERANCE,
+        },
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": _versions(
+            ["jaxdl", "jax", "jaxlib", "flax", "jax2onnx", "onnx", "onnxruntime"]
+        ),
+    }
+    if fmt == "stablehlo":
+        meta["platforms"] = list(platforms or [])
+    with open(os.path.join(out_dir, METADATA_FILENAME), "w") as handle:
+        json.dump(meta, handle, indent=2)
+    return meta
+
+
+def read_metadata(export_dir: str) -> dict[str, Any]:
+    """The metadata of an export directory (a clear error when it is not one)."""
+    path = os.path.join(export_dir, METADATA_FILENAME)
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"{export_dir} is not a jaxdl export: no {METADATA_FILENAME}") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+
+
+def check_inputs(meta: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``inputs`` as arrays of the recorded dtypes; ``UserError`` naming the first field that is
+    missing, has the wrong shape, or does not convert safely."""
+    checked, batch = {}, None
+    for name, spec in meta["inputs"].items():
+        if name not in inputs:
+            raise UserError(f"missing input {name!r}; the model takes {sorted(meta['inputs'])}")
+        dtype = np.dtype(spec["dtype"])
+        try:
+            value = np.asarray(inputs[name])
+        except (ValueError, TypeError) as error:
+            raise UserError(f"input {name!r} is not a rectangular array: {error}") from None
+        integer_target = np.issubdtype(dtype, np.integer)
+        if value.dtype.kind not in "biuf" or (integer_target and value.dtype.kind == "f"):
+            raise UserError(f"input {name!r} must hold {dtype.name} values, got {value.dtype}")
+        expected = tuple(spec["shape"][1:])
+        if value.ndim != len(expected) + 1 or tuple(value.shape[1:]) != expected:
+            raise UserError(
+                f"input {name!r} has shape {list(value.shape)}, the model takes "
+                f"[batch, {', '.join(map(str, expected))}]"
+            )
+        if batch is not None and value.shape[0] != batch:
+            raise UserError(f"input {name!r} has batch {value.shape[0]}, other inputs {batch}")
+        batch = value.shape[0]
+        checked[name] = value.astype(dtype)
+    return checked
+
+
+def load_exported(export_dir: str) -> Runner:
+    """A runner over an export directory: ``runner(inputs) -> outputs`` (dicts of arrays),
+    inputs checked against the recorded spec first."""
+    meta = read_metadata(export_dir)
+    path = os.path.join(export_dir, meta["graph"])
+    run = LOADERS[meta["format"]](path, list(meta["inputs"]), meta["outputs"])
+    return lambda inputs: run(check_inputs(meta, inputs))
