@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|evaluate|export|generate|transcribe|compile|shardings|data convert``.
+"""Command line: ``jaxdl train|evaluate|predict|export|generate|transcribe|compile|shardings|data``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -90,6 +90,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_platforms,
         help="stablehlo: comma-separated targets, e.g. cpu,cuda,tpu (default: this backend)",
     )
+    predict = commands.add_parser(
+        "predict",
+        help="predictions of a run's best checkpoint for a split, with error analysis",
+        allow_abbrev=False,
+    )
+    predict.add_argument("--workdir", required=True)
+    predict.add_argument("--split", default="test", choices=["train", "val", "test"])
+    predict.add_argument("--out", help="CSV or JSONL file (default W/predictions_SPLIT.csv)")
+    predict.add_argument("--batch-size", type=_number(int, 1), default=64)
     generate = commands.add_parser(
         "generate",
         help="continue a prompt with a trained language model's best checkpoint",
@@ -237,6 +246,39 @@ def _export(args: argparse.Namespace, experiment) -> int:
         f"{errors}"
     )
     return 0
+
+
+def _predict(args: argparse.Namespace, experiment) -> int:
+    """``jaxdl predict``: one row per example of the split (input order) with the prediction
+    and class probabilities; with labels, calibration/ROC/confusion analysis in W/analysis."""
+    from jaxdl.export import experiment_inference
+    from jaxdl.export.predictions import (
+        analyze_classification,
+        classify_records,
+        write_predictions,
+    )
+
+    out = args.out or os.path.join(args.workdir, f"predictions_{args.split}.csv")
+    state = _restore_best_state(experiment, args.workdir)
+    inference = experiment_inference(experiment, state)
+    source = experiment.data.get(args.split)
+    rows = list(classify_records(inference, source, args.batch_size))
+    names = experiment.data.info.get("class_names")
+    write_predictions(rows, out, names)
+    analysis_dir = os.path.join(args.workdir, "analysis")
+    analysis = analyze_classification(rows, names, analysis_dir, args.split)
+    failed = sum("error" in row for row in rows)
+    print(f"wrote {len(rows):,} predictions of the {args.split} split to {out}")
+    if analysis:
+        print(
+            f"accuracy {analysis['accuracy']:.4f}, ECE {analysis['ece']:.4f} "
+            f"({analysis['ece_after_temperature']:.4f} at temperature "
+            f"{analysis['temperature']:.3f}), macro ROC AUC {analysis['macro_roc_auc']:.4f}; "
+            f"plots and analysis_{args.split}.json in {analysis_dir}"
+        )
+    if failed:
+        sys.stderr.write(f"jaxdl: {failed} unreadable example(s): see the error column\n")
+    return 1 if failed else 0
 
 
 def _restore_best_state(experiment, workdir: str):
@@ -451,6 +493,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return _transcribe(args, experiment)
     if args.command == "export":
         return _export(args, experiment)
+    if args.command == "predict":
+        return _predict(args, experiment)
     if args.command == "train":
         trainer = Trainer(experiment, args.workdir, allow_config_change=args.allow_config_change)
         trainer.fit()

@@ -1,6 +1,7 @@
 """Export: every model family through StableHLO (jax.export) and ONNX (jax2onnx → onnxruntime),
 reloaded without the model's code, agrees with the model in JAX for several batch sizes."""
 
+import csv
 import functools
 import json
 import os
@@ -203,3 +204,17 @@ def test_jaxdl_export_cli_writes_a_verified_graph_of_the_best_checkpoint(tmp_pat
     again = subprocess.run(export, capture_output=True, text=True, env=env)
     assert again.returncode == 2 and "not empty" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+    # jaxdl predict over the test split agrees with the evaluation written at the end of training.
+    predictions = tmp_path / "predictions.csv"
+    predict = [sys.executable, "-m", "jaxdl", "predict", "--workdir", str(workdir),
+               "--out", str(predictions)]  # fmt: skip
+    done = subprocess.run(predict, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((workdir / "results.json").read_text())
+    with open(predictions) as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == sum(results["per_class"][c]["support"] for c in results["per_class"])
+    accuracy = np.mean([row["prediction"] == row["label"] for row in table])
+    assert accuracy == pytest.approx(results["accuracy"], abs=1e-12)
+    analysis = json.loads((workdir / "analysis" / "analysis_test.json").read_text())
+    assert analysis["accuracy"] == pytest.approx(results["accuracy"], abs=1e-12)
