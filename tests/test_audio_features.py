@@ -28,6 +28,7 @@ from jaxdl.audio import (
     spec_augment,
     window,
 )
+from jaxdl.audio.features import stft
 
 SAMPLE_RATE = 16000
 
@@ -73,12 +74,19 @@ def test_num_frames_counts_like_librosa_and_is_zero_for_short_uncentred_input():
 
 @pytest.mark.parametrize("name", ["hann", "hamming"])
 @pytest.mark.parametrize("center", [True, False])
-def test_power_spectrogram_matches_librosa_stft(name, center):
+@pytest.mark.parametrize("dft", ["fft", "matmul"])  # matmul: the DFT matrix that ONNX export uses
+def test_power_spectrogram_matches_librosa_stft(name, center, dft):
     # win_length < n_fft also checks that the window is zero-padded to the centre of n_fft.
     kwargs = dict(n_fft=512, hop_length=160, win_length=400, window=name, center=center)
     expected = np.abs(librosa.stft(REFERENCE, **kwargs)) ** 2
-    actual = power_spectrogram(jnp.asarray(SIGNAL), **kwargs)
+    actual = power_spectrogram(jnp.asarray(SIGNAL), **kwargs, dft=dft)
     assert actual.shape == expected.T.shape
+    assert _relative_error(actual, expected.T) < 1e-5
+
+
+def test_matmul_stft_equals_librosa_complex_stft():
+    expected = librosa.stft(REFERENCE, n_fft=400, hop_length=160)
+    actual = np.asarray(stft(jnp.asarray(SIGNAL), 400, 160, dft="matmul"))
     assert _relative_error(actual, expected.T) < 1e-5
 
 

@@ -84,9 +84,7 @@ FAMILIES = {
     "conformer_ctc": _speech_family(),
 }
 # (family, format) pairs that do not convert yet, with the reason the README's table gives.
-GAPS = {
-    ("conformer_ctc", "onnx"): "jax2onnx 0.17.1: lax.pad with a symbolic batch, one-sided DFT",
-}
+GAPS: dict[tuple[str, str], str] = {}
 
 
 @functools.cache  # one init per family, shared by both formats

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxdl.layers.conv import plain_ops_active
+
 WINDOWS = ("hann", "hamming")
 PAD_MODES = ("constant", "reflect")
 LOG_SCALES = ("natural", "db")
@@ -127,7 +129,44 @@ def window(name: str, length: int) -> jax.Array:
     return jnp.asarray(_window_np(name, length), jnp.float32)
 
 
-_STFT_STATIC = ("n_fft", "hop_length", "win_length", "window", "center", "pad_mode")
+_STFT_STATIC = ("n_fft", "hop_length", "win_length", "window", "center", "pad_mode", "dft")
+# How the STFT computes its DFT: 'fft' (jnp.fft.rfft), or 'matmul' with the DFT matrix, for graphs
+# leaving JAX (ONNX: jax2onnx 0.17.1's rfft yields a DFT node onnxruntime rejects).
+DFT_METHODS = ("fft", "matmul")
+
+
+def _rfft_parts(frames: jax.Array, n_fft: int, dft: str) -> tuple[jax.Array, jax.Array]:
+    """Real and imaginary parts of ``rfft(frames, n=n_fft)`` over the last axis (length n_fft)."""
+    _check_choice(dft, DFT_METHODS, "dft")
+    if dft == "fft":
+        spectrum = jnp.fft.rfft(frames, n=n_fft, axis=-1)
+        return spectrum.real, spectrum.imag
+    angles = 2.0 * np.pi * np.outer(np.arange(n_fft), np.arange(n_fft // 2 + 1)) / n_fft
+    cos, sin = (jnp.asarray(f(angles), frames.dtype) for f in (np.cos, np.sin))
+    real = jnp.matmul(frames, cos, precision=_HIGHEST)
+    return real, -jnp.matmul(frames, sin, precision=_HIGHEST)
+
+
+def _stft_parts(
+    waveform: jax.Array,
+    n_fft: int,
+    hop_length: int,
+    win_length: int | None,
+    window: str,
+    center: bool,
+    pad_mode: str,
+    lengths: jax.Array | None,
+    dft: str,
+) -> tuple[jax.Array, jax.Array]:
+    """Real and imaginary parts of the STFT; see `stft`."""
+    win_length = n_fft if win_length is None else win_length
+    if not 0 < win_length <= n_fft:
+        raise ValueError(f"win_length must be in (0, n_fft={n_fft}], got {win_length}")
+    left = (n_fft - win_length) // 2
+    taper = np.zeros(n_fft)
+    taper[left : left + win_length] = _window_np(window, win_length)
+    frames = frame(waveform, n_fft, hop_length, center, pad_mode, lengths)
+    return _rfft_parts(frames * jnp.asarray(taper, frames.dtype), n_fft, dft)
 
 
 @functools.partial(jax.jit, static_argnames=_STFT_STATIC)
@@ -140,20 +179,17 @@ def stft(
     center: bool = True,
     pad_mode: str = "constant",
     lengths: jax.Array | None = None,
+    dft: str = "fft",
 ) -> jax.Array:
     """Complex STFT [..., T, n_fft // 2 + 1]: `librosa.stft(...).T` for the same arguments.
 
     A window shorter than n_fft is zero-padded on both sides to n_fft, as librosa does;
-    `lengths` (valid samples) is passed to `frame`.
+    `lengths` (valid samples) is passed to `frame`; `dft` is one of `DFT_METHODS`.
     """
-    win_length = n_fft if win_length is None else win_length
-    if not 0 < win_length <= n_fft:
-        raise ValueError(f"win_length must be in (0, n_fft={n_fft}], got {win_length}")
-    left = (n_fft - win_length) // 2
-    taper = np.zeros(n_fft)
-    taper[left : left + win_length] = _window_np(window, win_length)
-    frames = frame(waveform, n_fft, hop_length, center, pad_mode, lengths)
-    return jnp.fft.rfft(frames * jnp.asarray(taper, frames.dtype), n=n_fft, axis=-1)
+    real, imag = _stft_parts(
+        waveform, n_fft, hop_length, win_length, window, center, pad_mode, lengths, dft
+    )
+    return jax.lax.complex(real, imag)
 
 
 @functools.partial(jax.jit, static_argnames=_STFT_STATIC)
@@ -166,10 +202,13 @@ def power_spectrogram(
     center: bool = True,
     pad_mode: str = "constant",
     lengths: jax.Array | None = None,
+    dft: str = "fft",
 ) -> jax.Array:
-    """|STFT|^2 [..., T, n_fft // 2 + 1]; arguments as `stft`."""
-    spectrum = stft(waveform, n_fft, hop_length, win_length, window, center, pad_mode, lengths)
-    return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+    """|STFT|^2 [..., T, n_fft // 2 + 1]; arguments as `stft` (no complex numbers on the way)."""
+    real, imag = _stft_parts(
+        waveform, n_fft, hop_length, win_length, window, center, pad_mode, lengths, dft
+    )
+    return jnp.square(real) + jnp.square(imag)
 
 
 def _hz_to_mel(hz: np.ndarray, htk: bool) -> np.ndarray:
@@ -242,10 +281,11 @@ def mel_spectrogram(
     htk: bool = False,
     norm: str | None = "slaney",
     lengths: jax.Array | None = None,
+    dft: str = "fft",
 ) -> jax.Array:
     """Power mel spectrogram [..., T, n_mels]: `librosa.feature.melspectrogram(...).T` (power=2)."""
     power = power_spectrogram(
-        waveform, n_fft, hop_length, win_length, window, center, pad_mode, lengths
+        waveform, n_fft, hop_length, win_length, window, center, pad_mode, lengths, dft
     )
     filters = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm)
     return jnp.matmul(power, jnp.asarray(filters.T), precision=_HIGHEST)
@@ -448,6 +488,7 @@ def compute_features(
         config.fmin,
         config.fmax,
         lengths=lengths,
+        dft="matmul" if plain_ops_active() else "fft",
     )
     frame_lengths = num_frames(lengths, config.n_fft, config.hop_length, config.center)
     features = log_mel_spectrogram(

@@ -13,6 +13,7 @@ export's metadata.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -76,7 +77,9 @@ def export_onnx(inference: InferenceFunction, path: str) -> None:
     inference = inference.unrolled()
     # The plain ops: onnxruntime has its own kernels, and jax2onnx 0.17.1 cannot lower the CPU
     # formulations' ``lax.pad`` with a symbolic batch dimension.
-    with plain_ops():
+    with plain_ops(), warnings.catch_warnings():
+        # jax2onnx's LayerNorm asks for float64 constants that float32 JAX truncates, harmlessly.
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
         jax2onnx.to_onnx(
             inference.fn,
             inputs=inference.abstract_inputs(BATCH_DIM),

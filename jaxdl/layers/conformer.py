@@ -290,11 +290,13 @@ def rel_shift(scores: jax.Array) -> jax.Array:
     (the score of query i against relative position i - j).
 
     Done with a pad and reshapes rather than a gather (Dai et al. 2019, appendix B; ESPnet's
-    ``rel_shift``): prepending a zero column and reading the [T, 2T] rows as [2T, T] shifts
+    ``rel_shift``): prepending a column and reading the [T, 2T] rows as [2T, T] shifts
     row i left by T - 1 - i.
     """
     *lead, length, positions = scores.shape
-    padded = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, 0), (1, 0)])
+    # The prepended column never reaches the output, so a copy of column 0 serves as well as
+    # zeros, without a pad (which ONNX conversion with a symbolic batch cannot take).
+    padded = jnp.concatenate([scores[..., :1], scores], axis=-1)
     shifted = padded.reshape(*lead, positions + 1, length)[..., 1:, :]
     return shifted.reshape(*lead, length, positions)[..., :length]
 

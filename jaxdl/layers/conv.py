@@ -57,6 +57,12 @@ def plain_ops() -> Iterator[None]:
             os.environ[IMPL_ENV_VAR] = previous
 
 
+def plain_ops_active() -> bool:
+    """Whether ``plain_ops()`` (or ``$JAXDL_CONV_IMPL=plain``) is in force: graphs being traced
+    for another runtime, which also take the STFT as a DFT matrix (``jaxdl.audio.features``)."""
+    return os.environ.get(IMPL_ENV_VAR) == "plain"
+
+
 def use_fast_paths(impl: str = "auto") -> bool:
     """Whether to use the hand-written CPU formulations: ``impl='auto'``, ``$JAXDL_CONV_IMPL``
     unset or 'auto', and the computation targets CPU.
