@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|evaluate|predict|export|generate|transcribe|compile|shardings|data``.
+"""Command line: ``jaxdl train|evaluate|predict|export|quantize|generate|transcribe|compile|...``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -90,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
         type=_platforms,
         help="stablehlo: comma-separated targets, e.g. cpu,cuda,tpu (default: this backend)",
     )
+    quantize = commands.add_parser(
+        "quantize",
+        help="INT8 copy of a run's ONNX export (onnxruntime), compared with float32",
+        allow_abbrev=False,
+    )
+    quantize.add_argument("--workdir", required=True, help="the run (calibration and test data)")
+    quantize.add_argument("--export", required=True, help="its ONNX export (`jaxdl export`)")
+    quantize.add_argument("--mode", required=True, choices=["dynamic", "static"])
+    quantize.add_argument("--out", required=True, help="new directory for the int8 export")
+    quantize.add_argument("--calibration-examples", type=_number(int, 1), default=256)
     predict = commands.add_parser(
         "predict",
         help="predictions of a run's best checkpoint for a split, with error analysis",
@@ -279,6 +289,60 @@ def _predict(args: argparse.Namespace, experiment) -> int:
     if failed:
         sys.stderr.write(f"jaxdl: {failed} unreadable example(s): see the error column\n")
     return 1 if failed else 0
+
+
+def _quantize(args: argparse.Namespace, experiment) -> int:
+    """``jaxdl quantize``: the int8 export, and a table of size, test accuracy and CPU latency
+    against the float32 export (also written as ``quantization_report.json`` beside it)."""
+    import json
+
+    import numpy as np
+
+    from jaxdl.export import load_exported, read_metadata, stack_inputs
+    from jaxdl.export.quantize import (
+        graph_size_bytes,
+        median_latency_ms,
+        quantize_export,
+    )
+
+    meta = read_metadata(args.export)
+    spec = experiment.task.input_spec()
+    train = experiment.data.get("train")
+    count = min(args.calibration_examples, len(train))
+    picks = np.random.default_rng(experiment.seed).choice(len(train), count, replace=False)
+    records = [train[int(i)] for i in np.sort(picks)]
+    calibration = [stack_inputs(records[i : i + 32], spec) for i in range(0, count, 32)]
+    quantized = quantize_export(args.export, args.out, args.mode, calibration)
+    test = experiment.data.get("test")
+    test_records = [test[i] for i in range(len(test))]
+    report = {"mode": args.mode, "calibration_examples": count, "test_examples": len(test)}
+    for name, directory in (("float32", args.export), ("int8", args.out)):
+        run = load_exported(directory)
+        correct = 0
+        for start in range(0, len(test_records), 64):
+            chunk = test_records[start : start + 64]
+            outputs = run(stack_inputs(chunk, spec))
+            predictions = next(iter(outputs.values())).argmax(-1)
+            correct += int(np.sum(predictions == [int(r["labels"]) for r in chunk]))
+        batch = stack_inputs(test_records[:32], spec)
+        report[name] = {
+            "bytes": graph_size_bytes(directory),
+            "test_accuracy": correct / max(len(test_records), 1),
+            "latency_ms_batch32": median_latency_ms(run, batch),
+        }
+    report["top1_agreement_on_calibration"] = quantized["quantization"]["top1_agreement"]
+    with open(os.path.join(args.out, "quantization_report.json"), "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"{meta['model']} {args.mode} int8 quantisation ({count} calibration examples)")
+    print("| model | size (KiB) | test accuracy | CPU latency, batch 32 (ms) |")
+    print("|---|---|---|---|")
+    for name in ("float32", "int8"):
+        row = report[name]
+        print(
+            f"| {name} | {row['bytes'] / 1024:.1f} | {row['test_accuracy']:.4f} | "
+            f"{row['latency_ms_batch32']:.2f} |"
+        )
+    return 0
 
 
 def _restore_best_state(experiment, workdir: str):
@@ -495,6 +559,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return _export(args, experiment)
     if args.command == "predict":
         return _predict(args, experiment)
+    if args.command == "quantize":
+        return _quantize(args, experiment)
     if args.command == "train":
         trainer = Trainer(experiment, args.workdir, allow_config_change=args.allow_config_change)
         trainer.fit()

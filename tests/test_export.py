@@ -3,6 +3,7 @@ reloaded without the model's code, agrees with the model in JAX for several batc
 
 import csv
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ from jaxdl.tasks.classification import ImageClassification, SequenceClassificati
 from jaxdl.tasks.ctc import CTCSpeechRecognition
 
 jax2onnx_installed = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("jax2onnx") is None, reason="jax2onnx not installed"
+    importlib.util.find_spec("jax2onnx") is None, reason="jax2onnx not installed"
 )
 
 
@@ -216,3 +217,18 @@ def test_jaxdl_export_cli_writes_a_verified_graph_of_the_best_checkpoint(tmp_pat
     assert accuracy == pytest.approx(results["accuracy"], abs=1e-12)
     analysis = json.loads((workdir / "analysis" / "analysis_test.json").read_text())
     assert analysis["accuracy"] == pytest.approx(results["accuracy"], abs=1e-12)
+    if importlib.util.find_spec("jax2onnx") is None:
+        return
+    # ONNX, then static int8 calibrated on training examples: accuracy within 0.02 of float32.
+    onnx_dir, int8_dir = tmp_path / "onnx", tmp_path / "int8"
+    export[export.index("stablehlo")], export[-1] = "onnx", str(onnx_dir)
+    done = subprocess.run(export, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    quantize = [sys.executable, "-m", "jaxdl", "quantize", "--workdir", str(workdir),
+                "--export", str(onnx_dir), "--mode", "static", "--out", str(int8_dir)]  # fmt: skip
+    done = subprocess.run(quantize, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((int8_dir / "quantization_report.json").read_text())
+    assert report["float32"]["test_accuracy"] == pytest.approx(results["accuracy"], abs=1e-12)
+    assert report["int8"]["test_accuracy"] >= report["float32"]["test_accuracy"] - 0.02
+    assert report["int8"]["bytes"] < 0.5 * report["float32"]["bytes"]

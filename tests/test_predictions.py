@@ -75,7 +75,8 @@ def test_predictions_files_hold_one_row_per_input_with_probabilities(tmp_path, i
         with open(path) as handle:
             table = list(csv.DictReader(handle))
     else:
-        table = [json.loads(line) for line in open(path)]
+        with open(path) as handle:
+            table = [json.loads(line) for line in handle]
     assert len(table) == 11 and str(table[3]["error"]).startswith("record 3")
     good = table[4]
     probs = np.asarray([float(good[f"p_{n}"]) for n in "abc"])

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxdl.layers.conv import plain_ops_active
+from jaxdl.layers.conv import portable_ops_active
 
 WINDOWS = ("hann", "hamming")
 PAD_MODES = ("constant", "reflect")
@@ -488,7 +488,7 @@ def compute_features(
         config.fmin,
         config.fmax,
         lengths=lengths,
-        dft="matmul" if plain_ops_active() else "fft",
+        dft="matmul" if portable_ops_active() else "fft",
     )
     frame_lengths = num_frames(lengths, config.n_fft, config.hop_length, config.center)
     features = log_mel_spectrogram(

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxdl.errors import UserError
 from jaxdl.export.inference import InferenceFunction
-from jaxdl.layers.conv import plain_ops
+from jaxdl.layers.conv import plain_ops, portable_ops
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -75,9 +75,9 @@ def export_onnx(inference: InferenceFunction, path: str) -> None:
     with their dtypes (integer token ids and lengths stay integers)."""
     jax2onnx = _jax2onnx()
     inference = inference.unrolled()
-    # The plain ops: onnxruntime has its own kernels, and jax2onnx 0.17.1 cannot lower the CPU
-    # formulations' ``lax.pad`` with a symbolic batch dimension.
-    with plain_ops(), warnings.catch_warnings():
+    # Plain ops in convertible forms: onnxruntime has its own kernels, and jax2onnx 0.17.1
+    # cannot lower pads, FFTs or broadcasts with a symbolic batch dimension.
+    with portable_ops(), warnings.catch_warnings():
         # jax2onnx's LayerNorm asks for float64 constants that float32 JAX truncates, harmlessly.
         warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
         jax2onnx.to_onnx(

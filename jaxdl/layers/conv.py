@@ -8,6 +8,7 @@ model's ``conv_impl='plain'`` (``config.model.conv_impl``) to force the plain op
 """
 
 import contextlib
+import contextvars
 import functools
 import itertools
 import os
@@ -44,8 +45,8 @@ def _tuple(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def plain_ops() -> Iterator[None]:
-    """Traces inside the block emit the plain ops (as ``$JAXDL_CONV_IMPL=plain``): for graphs
-    leaving this process (ONNX, other platforms), whose runtimes have their own kernels."""
+    """Traces inside the block emit the plain ops (as ``$JAXDL_CONV_IMPL=plain``): for modules
+    compiled for other platforms (a StableHLO export for GPU/TPU)."""
     previous = os.environ.get(IMPL_ENV_VAR)
     os.environ[IMPL_ENV_VAR] = "plain"
     try:
@@ -57,10 +58,25 @@ def plain_ops() -> Iterator[None]:
             os.environ[IMPL_ENV_VAR] = previous
 
 
-def plain_ops_active() -> bool:
-    """Whether ``plain_ops()`` (or ``$JAXDL_CONV_IMPL=plain``) is in force: graphs being traced
-    for another runtime, which also take the STFT as a DFT matrix (``jaxdl.audio.features``)."""
-    return os.environ.get(IMPL_ENV_VAR) == "plain"
+_PORTABLE = contextvars.ContextVar("jaxdl_portable_ops", default=False)
+
+
+@contextlib.contextmanager
+def portable_ops() -> Iterator[None]:
+    """Traces inside the block emit plain ops in forms other runtimes' converters take (ONNX
+    through jax2onnx): no pads, FFTs or broadcasts of a symbolic batch (see ``max_pool`` and
+    ``jaxdl.audio.features``). Forward values are unchanged; for inference graphs only."""
+    token = _PORTABLE.set(True)
+    try:
+        with plain_ops():
+            yield
+    finally:
+        _PORTABLE.reset(token)
+
+
+def portable_ops_active() -> bool:
+    """Whether the current trace is inside ``portable_ops()``."""
+    return _PORTABLE.get()
 
 
 def use_fast_paths(impl: str = "auto") -> bool:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdl.layers.conv import Padding, resolve_padding, use_fast_paths
+from jaxdl.layers.conv import Padding, portable_ops_active, resolve_padding, use_fast_paths
 
 
 def _window_taps(
@@ -70,15 +70,15 @@ def _max_pool_taps_bwd(window_shape, strides, pads, residuals, g):
 max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
 
 
-def _pad_with_neg_inf(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
-    """``x`` [batch, *spatial, C] with -inf rows concatenated around each spatial axis."""
+def _pad_with_column_minima(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """``x`` [batch, *spatial, C] padded around each spatial axis with copies of its minimum
+    along that axis: finite (an int8 converter can calibrate it) and never above a real value
+    sharing a window with it, so max-pooling windows that also hold real values are unchanged
+    (every window does when padding < window, as 'SAME' and torch-style padding give)."""
     for axis, (low, high) in enumerate(pads, start=1):
-        if not (low or high):
-            continue
-        # Copies of one min(slice, -inf) slab, not full_like or repeat: ONNX conversion fixes
-        # the batch size of a broadcast, while these keep x's symbolic batch.
-        edge = jnp.minimum(lax.slice_in_dim(x, 0, 1, axis=axis), -jnp.inf)
-        x = jnp.concatenate([edge] * low + [x] + [edge] * high, axis=axis)
+        if low or high:
+            edge = jnp.min(x, axis=axis, keepdims=True)
+            x = jnp.concatenate([edge] * low + [x] + [edge] * high, axis=axis)
     return x
 
 
@@ -104,10 +104,11 @@ def max_pool(
             f"got shape {x.shape}"
         )
     pads = tuple(resolve_padding(padding, x.shape[1:-1], window_shape, strides))
-    if not use_fast_paths(impl):
-        # Padding as -inf slabs and keyword arguments: jax2onnx 0.17.1's nn.max_pool drops
-        # explicit padding (and takes no positional window_shape), and its lax.pad cannot take
-        # a symbolic batch dimension. Same values and gradients as nn.max_pool's own padding.
-        padded = _pad_with_neg_inf(x, pads)
+    if portable_ops_active():
+        # jax2onnx 0.17.1's nn.max_pool drops explicit padding and takes no positional
+        # window_shape, and its lax.pad cannot take a symbolic batch: pad by concatenation.
+        padded = _pad_with_column_minima(x, pads)
         return nn.max_pool(padded, window_shape=window_shape, strides=strides, padding="VALID")
+    if not use_fast_paths(impl):
+        return nn.max_pool(x, window_shape=window_shape, strides=strides, padding=pads)
     return max_pool_taps(x, window_shape, strides, pads)
