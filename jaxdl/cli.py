@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|evaluate|predict|export|quantize|generate|transcribe|compile|...``.
+"""Command line: ``jaxdl train|evaluate|predict|export|quantize|serve|generate|transcribe|...``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -90,6 +90,19 @@ def _parser() -> argparse.ArgumentParser:
         type=_platforms,
         help="stablehlo: comma-separated targets, e.g. cpu,cuda,tpu (default: this backend)",
     )
+    serve = commands.add_parser(
+        "serve",
+        help="serve a run's best checkpoint over HTTP (JSON /predict, micro-batched)",
+        allow_abbrev=False,
+    )
+    serve.add_argument("--workdir", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_number(int, 1, 65535), default=8000)
+    serve.add_argument("--max-batch", type=_number(int, 1), default=32)
+    serve.add_argument("--max-wait-ms", type=_number(float, 0), default=5.0)
+    serve.add_argument("--max-body-mb", type=_number(float, 0, low_open=True), default=16.0)
+    serve.add_argument("--max-queue", type=_number(int, 1), default=256)
+    serve.add_argument("--no-batching", action="store_true", help="one model call per request")
     quantize = commands.add_parser(
         "quantize",
         help="INT8 copy of a run's ONNX export (onnxruntime), compared with float32",
@@ -515,8 +528,25 @@ def _check_writable_workdir(workdir: str) -> None:
         raise UserError(f"workdir {workdir} is not writable")
 
 
+def trained_workdir_config(workdir: str):
+    """The saved config of a run that has a checkpoint (what evaluate, predict, export and serve
+    start from); a one-line ``UserError`` otherwise."""
+    from jaxdl.config import read_config
+    from jaxdl.errors import UserError
+
+    if not os.path.isdir(workdir):
+        raise UserError(f"workdir not found: {workdir}")
+    config = read_config(os.path.join(workdir, "config.json"))
+    if not any(
+        os.path.isdir(os.path.join(workdir, sub)) and os.listdir(os.path.join(workdir, sub))
+        for sub in ("best", "checkpoints")
+    ):
+        raise UserError(f"no checkpoint in {workdir}")
+    return config
+
+
 def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from jaxdl.config import load_config, read_config
+    from jaxdl.config import load_config
     from jaxdl.errors import UserError
 
     if args.command == "compile":
@@ -535,15 +565,7 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     else:
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
-        if not os.path.isdir(args.workdir):
-            raise UserError(f"workdir not found: {args.workdir}")
-        config = read_config(os.path.join(args.workdir, "config.json"))
-        if not any(
-            os.path.isdir(os.path.join(args.workdir, sub))
-            and os.listdir(os.path.join(args.workdir, sub))
-            for sub in ("best", "checkpoints")
-        ):
-            raise UserError(f"no checkpoint in {args.workdir}")
+        config = trained_workdir_config(args.workdir)
 
     from jaxdl.experiment import build_experiment
     from jaxdl.parallel import initialize_distributed
@@ -561,6 +583,22 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return _predict(args, experiment)
     if args.command == "quantize":
         return _quantize(args, experiment)
+    if args.command == "serve":
+        from jaxdl.serving import serve_experiment
+
+        serve_experiment(
+            experiment,
+            _restore_best_state(experiment, args.workdir),
+            args.workdir,
+            args.host,
+            args.port,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_body_bytes=int(args.max_body_mb * 2**20),
+            max_queue=args.max_queue,
+            batching=not args.no_batching,
+        )
+        return 0
     if args.command == "train":
         trainer = Trainer(experiment, args.workdir, allow_config_change=args.allow_config_change)
         trainer.fit()

@@ -6,11 +6,18 @@ from jaxdl.export.artifact import (
     ExportMismatchError,
     check_inputs,
     export_model,
+    input_spec_json,
     load_exported,
+    package_versions,
     read_metadata,
 )
 from jaxdl.export.formats import FORMATS
-from jaxdl.export.from_experiment import experiment_inference, export_experiment, sample_batch
+from jaxdl.export.from_experiment import (
+    experiment_inference,
+    experiment_metadata,
+    export_experiment,
+    sample_batch,
+)
 from jaxdl.export.inference import InferenceFunction, inference_function, stack_inputs
 
 __all__ = [
@@ -20,10 +27,13 @@ __all__ = [
     "InferenceFunction",
     "check_inputs",
     "experiment_inference",
+    "experiment_metadata",
     "export_experiment",
     "export_model",
     "inference_function",
+    "input_spec_json",
     "load_exported",
+    "package_versions",
     "read_metadata",
     "sample_batch",
     "stack_inputs",

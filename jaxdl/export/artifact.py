@@ -33,7 +33,8 @@ class ExportMismatchError(JaxdlExit):
     exit_code = 1
 
 
-def _versions(names: Sequence[str]) -> dict[str, str]:
+def package_versions(names: Sequence[str]) -> dict[str, str]:
+    """Installed versions of the named distributions (absent ones are left out)."""
     found = {}
     for name in names:
         try:
@@ -43,7 +44,8 @@ def _versions(names: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def _spec_json(inference: InferenceFunction) -> dict[str, Any]:
+def input_spec_json(inference: InferenceFunction) -> dict[str, Any]:
+    """The inputs as metadata records them: ``{name: {"shape": ["batch", ...], "dtype"}}``."""
     return {
         name: {"shape": ["batch", *field.shape], "dtype": np.dtype(field.dtype).name}
         for name, field in inference.input_spec.items()
@@ -102,7 +104,7 @@ def export_model(
     meta = {
         "format": fmt,
         "graph": FILENAMES[fmt],
-        "inputs": _spec_json(inference),
+        "inputs": input_spec_json(inference),
         "outputs": list(inference.output_names),
         **info,
         "verified": {
@@ -111,7 +113,7 @@ def export_model(
             "tolerance": TOLERANCE,
         },
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "versions": _versions(
+        "versions": package_versions(
             ["jaxdl", "jax", "jaxlib", "flax", "jax2onnx", "onnx", "onnxruntime"]
         ),
     }

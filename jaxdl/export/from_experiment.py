@@ -25,6 +25,17 @@ def experiment_inference(experiment, state) -> InferenceFunction:
         raise UserError(f"cannot deploy this workdir: {error}") from None
 
 
+def experiment_metadata(experiment, state, workdir: str) -> dict[str, Any]:
+    """What exports and the server record about a run: task, model, classes, checkpoint step."""
+    return {
+        "task": experiment.task.name,
+        "model": experiment.config.model.name,
+        "class_names": experiment.data.info.get("class_names"),
+        "checkpoint_step": int(state.step),
+        "workdir": os.path.abspath(workdir),
+    }
+
+
 def sample_batch(experiment, inference: InferenceFunction, count: int = VERIFY_EXAMPLES):
     """The first ``count`` examples of the test split (else validation) as an input batch."""
     for split in ("test", "val", "train"):
@@ -46,13 +57,7 @@ def export_experiment(
     """Writes ``state``'s model in ``fmt`` to ``out_dir`` (see ``export_model``), with the class
     names, the checkpoint step and the workdir's tokenizer for text models."""
     inference = experiment_inference(experiment, state)
-    info = {
-        "task": experiment.task.name,
-        "model": experiment.config.model.name,
-        "class_names": experiment.data.info.get("class_names"),
-        "checkpoint_step": int(state.step),
-        "workdir": os.path.abspath(workdir),
-    }
+    info = experiment_metadata(experiment, state, workdir)
     meta = export_model(
         inference, fmt, out_dir, sample_batch(experiment, inference), info, platforms
     )
