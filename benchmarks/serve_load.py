@@ -300,6 +300,9 @@ def run_mode(args: argparse.Namespace, batching: bool, requests: list[dict]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from jaxdl.cli import _skip_absent_tpu
+
+    _skip_absent_tpu()  # before jax starts (here and in the servers, which inherit it)
     args = parse_args(argv)
     if args.serve_worker:
         serve_worker(json.loads(args.serve_worker))
