@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|evaluate|predict|export|quantize|serve|generate|transcribe|...``.
+"""Command line: ``jaxdl train|cv|evaluate|predict|export|quantize|serve|generate|...``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume even though fields that shape training changed (recorded in the workdir)",
     )
+    cv = commands.add_parser(
+        "cv",
+        help="k-fold cross-validation: one trained workdir per fold, mean ± std of the metrics",
+        allow_abbrev=False,
+    )
+    cv.add_argument("--config", required=True, help="experiment file, optionally path:arg")
+    cv.add_argument("--folds", required=True, type=_number(int, 2))
+    cv.add_argument("--workdir", required=True, help="root: fold k trains into WORKDIR/fold_k")
     evaluate = commands.add_parser(
         "evaluate", help="re-evaluate a run's best checkpoint", allow_abbrev=False
     )
@@ -251,6 +259,21 @@ def _generate(args: argparse.Namespace, experiment) -> int:
                 key=jax.random.key(args.seed),
             )
     print(tokenizer.decode(np.asarray(tokens[0])))
+    return 0
+
+
+def _cross_validate(args: argparse.Namespace, config) -> int:
+    """``jaxdl cv``: trains the folds (resuming unfinished ones) and prints the summary."""
+    from jaxdl.cross_validation import format_summary, run_cross_validation
+    from jaxdl.parallel import initialize_distributed
+
+    _check_writable_workdir(args.workdir)
+    os.makedirs(args.workdir, exist_ok=True)
+    initialize_distributed(config.get("distributed"))
+    summary = run_cross_validation(config, args.workdir, args.folds)
+    metrics = ("accuracy", "f1_macro", "loss", "wer", "perplexity")
+    print(format_summary(summary, metrics))
+    print(f"per-fold workdirs and cv_results.json in {args.workdir}")
     return 0
 
 
@@ -559,6 +582,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         return _speech_corpus(args)
+    if args.command == "cv":
+        return _cross_validate(args, load_config(args.config, extra))
     if args.command == "train":
         config = load_config(args.config, extra)
         _check_writable_workdir(args.workdir)

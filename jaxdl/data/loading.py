@@ -22,8 +22,10 @@ import ml_collections
 import numpy as np
 
 from jaxdl.data.array_record import ArrayRecordSource
+from jaxdl.data.folds import cross_validation_fold
 from jaxdl.data.image import per_channel_stats
 from jaxdl.data.image_sources import HFImageSource, ImageFolderSource
+from jaxdl.data.imbalance import apply_train_options
 from jaxdl.data.packing import PackedRows, estimate_rows, sample_unigram_counts
 from jaxdl.data.records import ArraySource, DataSplits, RecordError, RecordSource
 from jaxdl.data.sources import ArrayDataset, get_dataset, load_digits_dataset
@@ -148,11 +150,25 @@ def open_pool(data_config: ml_collections.ConfigDict) -> tuple[RecordSource, dic
 
 
 def load_data(data_config: ml_collections.ConfigDict) -> DataSplits:
-    """Opens and splits ``data_config.name`` with ``data_config.options``.
+    """Opens and splits ``data_config.name`` with ``data_config.options``; with
+    ``data.cv_folds`` set, train and validation become fold ``data.cv_fold`` of them
+    (``jaxdl.data.folds``).
 
     A missing or unreadable file, or data that cannot be split, raises ``DataError``; an
     unknown dataset name or option ``ConfigError``.
     """
+    splits = _load_splits(data_config)
+    folds = data_config.get("cv_folds")
+    if folds:
+        fold = data_config.get("cv_fold", 0)
+        seed = int(data_config.get("split_seed", 0))
+        splits = cross_validation_fold(splits, folds, fold, seed)
+    # data.imbalance / data.oversample reshape the final train split only (jaxdl.data.imbalance).
+    return apply_train_options(splits, data_config)
+
+
+def _load_splits(data_config: ml_collections.ConfigDict) -> DataSplits:
+    """The configured train/val/test splits of ``data_config.name``."""
     name = data_config.get("name")
     _check_name(name)
     options = _options(data_config)

@@ -48,6 +48,36 @@ class SubsetSource:
         return f"SubsetSource({self.source!r}, n={len(self)}, digest={digest})"
 
 
+class ConcatenatedSource:
+    """The records of several sources one after another (cross-validation pools train + val)."""
+
+    def __init__(self, sources: list[RecordSource]):
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0, *(len(s) for s in self.sources)])
+        labels = [source_labels(s) for s in self.sources]
+        self.labels = None if any(x is None for x in labels) else np.concatenate(labels)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _locate(self, index: int) -> tuple[RecordSource, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range for {len(self)} records")
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.sources[part], index - int(self.offsets[part])
+
+    def __getitem__(self, index: int) -> Record:
+        source, local = self._locate(int(index))
+        return source[local]
+
+    def describe(self, index: int) -> str:
+        source, local = self._locate(int(index))
+        return describe_record(source, local)
+
+    def __repr__(self) -> str:
+        return f"ConcatenatedSource({self.sources!r})"
+
+
 def pixel_scale(dtype: np.dtype) -> float:
     """The factor that maps stored pixels into [0, 1]: 1/255 for uint8, 1 for floats."""
     return 1.0 / 255.0 if np.dtype(dtype) == np.uint8 else 1.0
