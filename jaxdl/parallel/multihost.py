@@ -13,6 +13,21 @@ from jax.sharding import NamedSharding
 _AUTO_DETECTED_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
+def _enabled(value: object) -> bool | str:
+    """``distributed.enabled`` as True, False or 'auto'. The field defaults to the string 'auto',
+    so ``--config.distributed.enabled=False`` arrives as the string 'False' (truthy): read it."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    from jaxdl.errors import ConfigError
+
+    raise ConfigError(f"distributed.enabled must be 'auto', True or False, got {value!r}")
+
+
 def initialize_distributed(distributed_config: Mapping | None) -> bool:
     """Starts ``jax.distributed`` when the config (or the cluster environment) asks for it.
 
@@ -22,7 +37,7 @@ def initialize_distributed(distributed_config: Mapping | None) -> bool:
     whether ``jax.distributed`` was initialised.
     """
     cfg = dict(distributed_config or {})
-    enabled = cfg.get("enabled", "auto")
+    enabled = _enabled(cfg.get("enabled", "auto"))
     explicit = cfg.get("coordinator_address") is not None
     if enabled == "auto":
         enabled = explicit or any(name in os.environ for name in _AUTO_DETECTED_ENV)
