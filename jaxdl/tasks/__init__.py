@@ -5,6 +5,7 @@ from the data (class names, vocabulary, sequence length, unigram counts). A new 
 ``Task`` and registers a builder with ``register_task``; the step and loop need no change.
 """
 
+import jaxdl.tasks.distillation  # noqa: F401  (registers the distillation tasks)
 from jaxdl.tasks.base import EXAMPLE_MASK, BatchSpec, Field, Task, masked_mean
 from jaxdl.tasks.classification import (
     ImageClassification,
