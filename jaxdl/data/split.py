@@ -79,8 +79,8 @@ def oversample_indices(labels: Sequence[int] | np.ndarray, seed: int) -> np.ndar
     """Returns shuffled indices where every class appears as often as the largest class.
 
     All original indices are kept and minority classes are topped up by sampling with
-    replacement (random oversampling). Hand-written because scikit-learn has no oversampler and
-    imbalanced-learn is not a dependency.
+    replacement (random oversampling). On indices rather than arrays, so it serves any record
+    source (imbalanced-learn's RandomOverSampler resamples feature arrays).
     """
     labels = _as_labels(labels)
     rng = np.random.default_rng(seed)

@@ -1,8 +1,10 @@
 """Classification tasks: images (float inputs, on-device augmentation) and token sequences.
 
-Both train with softmax cross-entropy (optional label smoothing) and evaluate into a confusion
-matrix, from which accuracy, precision/recall/F1 and the per-class report follow exactly
-(summed across batches and hosts, equal to scikit-learn's).
+Both train with softmax cross-entropy (optional label smoothing, class weights and focal
+modulation: ``classification_loss``) and evaluate into a confusion matrix, from which accuracy,
+precision/recall/F1 and the per-class report follow exactly (summed across batches and hosts,
+equal to scikit-learn's). The evaluation loss is always the plain, unweighted cross-entropy, so
+``val_loss`` stays comparable between runs with and without the imbalance remedies.
 """
 
 from __future__ import annotations
@@ -23,12 +25,68 @@ Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def classification_loss(
-    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+    logits: jax.Array,
+    labels: jax.Array,
+    label_smoothing: float = 0.0,
+    *,
+    class_weights: jax.Array | Sequence[float] | None = None,
+    focal_gamma: float = 0.0,
 ) -> jax.Array:
-    """Per-example softmax cross-entropy [B] in float32, with optional label smoothing."""
+    """Per-example loss [B] in float32: ``sum_c q_c * w_c * (1 - p_c)**gamma * -log p_c``.
+
+    ``q`` is the (label-smoothed) one-hot target, ``p`` the softmax of ``logits``, ``w`` the
+    ``class_weights`` (1 when None) and ``gamma`` the focal exponent (Lin et al. 2017; 0 is
+    cross-entropy). Without smoothing this is ``w_y * (1 - p_y)**gamma * -log p_y``; with it,
+    each class's share of the soft target is weighted by that class's weight, as in torch's
+    ``F.cross_entropy(weight=..., label_smoothing=...)``. Divide the sum over a batch by
+    ``target_weight_sum`` (not the batch size) for torch's weighted mean.
+    """
     num_classes = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    if class_weights is None and not focal_gamma:
+        return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    terms = -log_probs
+    if focal_gamma:
+        terms = terms * _focal_modulation(log_probs, focal_gamma)
+    if class_weights is not None:
+        terms = terms * jnp.asarray(class_weights, jnp.float32)
+    return jnp.sum(targets * terms, axis=-1)
+
+
+def _focal_modulation(log_probs: jax.Array, gamma: float) -> jax.Array:
+    """``(1 - p)**gamma``, with ``1 - p`` from ``expm1`` (accurate near p = 1) and floored at the
+    smallest normal float so that gamma < 1 has no infinite gradient at p = 1."""
+    one_minus_p = jnp.maximum(-jnp.expm1(log_probs), jnp.finfo(jnp.float32).tiny)
+    return one_minus_p**gamma
+
+
+def target_weight_sum(labels: jax.Array, class_weights: jax.Array | Sequence[float]) -> jax.Array:
+    """``sum_i w[labels_i]`` (float32 scalar): the denominator of torch's weighted mean."""
+    return jnp.sum(jnp.asarray(class_weights, jnp.float32)[labels])
+
+
+def check_imbalance_options(
+    class_weights: Sequence[float] | None, focal_gamma: float, num_classes: int | None
+) -> tuple[np.ndarray | None, float]:
+    """Validated ``(class_weights float32 [classes] or None, focal_gamma)``; a ValueError names
+    the first problem (negative or non-finite gamma, weights of the wrong length or sign)."""
+    gamma = float(focal_gamma)
+    if not np.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"focal_gamma must be a finite number >= 0, got {focal_gamma}")
+    if class_weights is None:
+        return None, gamma
+    weights = np.asarray(class_weights, np.float32)
+    if weights.ndim != 1 or (num_classes is not None and len(weights) != num_classes):
+        raise ValueError(
+            f"class_weights must hold one weight per class ({num_classes}), got shape "
+            f"{weights.shape}"
+        )
+    if not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.sum() <= 0:
+        raise ValueError(
+            f"class_weights must be finite, >= 0 and not all 0, got {weights.tolist()}"
+        )
+    return weights, gamma
 
 
 class _Classification(Task):
@@ -41,6 +99,8 @@ class _Classification(Task):
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
         label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        focal_gamma: float = 0.0,
     ):
         if class_names is not None and num_classes is None:
             num_classes = len(class_names)
@@ -51,13 +111,38 @@ class _Classification(Task):
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
         self.label_smoothing = float(label_smoothing)
+        self.class_weights, self.focal_gamma = check_imbalance_options(
+            class_weights, focal_gamma, num_classes
+        )
 
     def loss(self, forward: Forward, batch: Batch):
+        """The batch's weighted mean loss: ``sum_i loss_i / sum_i w[y_i]`` (torch's
+        normalisation; the plain mean without class weights). Across data-parallel devices it is
+        the global batch's (``loss_weight``); with ``train.microbatches`` > 1 the micro-batches'
+        weighted means are averaged with equal weights."""
         args, kwargs = self.model_inputs(batch)
         logits = forward(*args, **kwargs)
         labels = batch["labels"]
-        loss = classification_loss(logits, labels, self.label_smoothing).mean()
+        per_example = classification_loss(
+            logits,
+            labels,
+            self.label_smoothing,
+            class_weights=self.class_weights,
+            focal_gamma=self.focal_gamma,
+        )
+        if self.class_weights is None:
+            loss = per_example.mean()
+        else:
+            total = target_weight_sum(labels, self.class_weights)
+            loss = jnp.where(total > 0, per_example.sum() / jnp.where(total > 0, total, 1.0), 0.0)
         return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+    def loss_weight(self, batch: Batch) -> jax.Array:
+        """Examples, or with class weights the sum of the targets' weights (torch's denominator),
+        so data-parallel devices combine into the global weighted mean."""
+        if self.class_weights is None:
+            return super().loss_weight(batch)
+        return target_weight_sum(batch["labels"], self.class_weights)
 
     def eval_sums(self, forward: Forward, batch: Batch) -> dict[str, jax.Array]:
         args, kwargs = self.model_inputs(batch)
@@ -65,7 +150,7 @@ class _Classification(Task):
         mask = batch[EXAMPLE_MASK].astype(jnp.float32)
         labels = batch["labels"]
         predictions = jnp.argmax(logits, -1)
-        return {
+        return {  # unweighted cross-entropy, comparable across loss settings
             "loss_sum": jnp.sum(classification_loss(logits, labels) * mask),
             "count": jnp.sum(mask),
             "confusion": confusion_matrix(labels, predictions, logits.shape[-1], mask=mask),
@@ -121,8 +206,10 @@ class ImageClassification(_Classification):
         class_names: Sequence[str] | None = None,
         label_smoothing: float = 0.0,
         augment: Augment | None = None,
+        class_weights: Sequence[float] | None = None,
+        focal_gamma: float = 0.0,
     ):
-        super().__init__(num_classes, class_names, label_smoothing)
+        super().__init__(num_classes, class_names, label_smoothing, class_weights, focal_gamma)
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
         self.augment = augment
 
@@ -156,8 +243,10 @@ class SequenceClassification(_Classification):
         class_names: Sequence[str] | None = None,
         label_smoothing: float = 0.0,
         pad_id: int = 0,
+        class_weights: Sequence[float] | None = None,
+        focal_gamma: float = 0.0,
     ):
-        super().__init__(num_classes, class_names, label_smoothing)
+        super().__init__(num_classes, class_names, label_smoothing, class_weights, focal_gamma)
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.max_len = int(max_len)

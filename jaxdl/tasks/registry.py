@@ -9,6 +9,8 @@ import numpy as np
 
 from jaxdl.data.augment import make_augmenter
 from jaxdl.data.records import DataSplits
+from jaxdl.data.split import class_weights as balanced_class_weights
+from jaxdl.data.views import source_labels
 from jaxdl.errors import ConfigError, DataError
 from jaxdl.tasks.base import Task
 from jaxdl.tasks.classification import ImageClassification, SequenceClassification
@@ -68,23 +70,77 @@ def _class_names(data: DataSplits) -> list[str] | None:
 
 @register_task("image_classification")
 def _image_classification(task_config, data, config) -> Task:
-    return ImageClassification(
+    return _classification(
+        ImageClassification,
         input_shape=_first(data, "inputs", "image_classification").shape,
         class_names=_class_names(data),
         label_smoothing=float(task_config.get("label_smoothing", 0.0)),
         augment=make_augmenter(config.get("augment", ml_collections.ConfigDict())),
+        **_imbalance_options(task_config, data),
     )
 
 
 @register_task("sequence_classification")
 def _sequence_classification(task_config, data, config) -> Task:
     del config
-    return SequenceClassification(
+    return _classification(
+        SequenceClassification,
         max_len=_first(data, "tokens", "sequence_classification").shape[0],
         class_names=_class_names(data),
         label_smoothing=float(task_config.get("label_smoothing", 0.0)),
         pad_id=int(data.info.get("pad_id", 0)),
+        **_imbalance_options(task_config, data),
     )
+
+
+def _classification(task_class: type[Task], **kwargs) -> Task:
+    """``task_class(**kwargs)``, its ValueErrors (bad config values) as one-line ConfigErrors."""
+    try:
+        return task_class(**kwargs)
+    except ValueError as error:
+        raise ConfigError(f"task {task_class.name}: {error}") from None
+
+
+def _imbalance_options(task_config: ml_collections.ConfigDict, data: DataSplits) -> dict:
+    """``class_weights`` and ``focal_gamma`` of the classification tasks from ``task_config``.
+
+    ``task.class_weights``: None (off), ``'balanced'`` (``n / (k * count_c)`` over the train
+    split's labels, as scikit-learn's ``compute_class_weight``; classes absent from the split get
+    0) or one weight per class. ``task.focal_gamma``: the focal exponent (0: cross-entropy).
+    """
+    setting = task_config.get("class_weights", None)
+    gamma = task_config.get("focal_gamma", None)
+    if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, int | float)):
+        raise ConfigError(f"task.focal_gamma must be a number >= 0, got {gamma!r}")
+    options = {"focal_gamma": float(gamma or 0.0)}
+    if setting is None or (isinstance(setting, str) and setting.lower() in ("", "none")):
+        return {**options, "class_weights": None}
+    if isinstance(setting, str):
+        if setting != "balanced":
+            raise ConfigError(
+                f"task.class_weights must be 'balanced', a list of per-class weights or None; "
+                f"got {setting!r}"
+            )
+        labels = _train_labels(data)
+        names = _class_names(data)
+        num_classes = len(names) if names else int(labels.max()) + 1
+        return {**options, "class_weights": balanced_class_weights(labels, num_classes)}
+    try:
+        weights = [float(w) for w in setting]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"task.class_weights must be 'balanced', a list of per-class weights or None; "
+            f"got {setting!r}"
+        ) from None
+    return {**options, "class_weights": weights}
+
+
+def _train_labels(data: DataSplits) -> np.ndarray:
+    """The train split's class labels: known by the source, else read record by record."""
+    labels = source_labels(data.train)
+    if labels is None:
+        labels = np.asarray([int(data.train[i]["labels"]) for i in range(len(data.train))])
+    return labels.astype(np.int64)
 
 
 @register_task("language_modeling")
