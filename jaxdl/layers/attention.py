@@ -30,6 +30,11 @@ KV_HEADS = "kv_heads"
 # backend), 'cudnn' (fused flash attention: GPU, bf16/fp16) or 'auto' (cudnn where it applies).
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
+# The collection attention layers sow their probabilities [B, N, T, S] into, only when an
+# ``apply`` makes it mutable (``jaxdl.explain.attention_maps``; never at ``init``, which makes
+# every collection mutable): nothing is computed otherwise. Unroll a scanned stack first.
+ATTENTION_WEIGHTS = "attention_weights"
+
 
 def attention_implementation(impl: str, query: jax.Array, mask: jax.Array | None) -> str | None:
     """``jax.nn.dot_product_attention``'s ``implementation`` for ``impl`` and ``query``
@@ -83,7 +88,18 @@ def dropout_attention(
     Returns [batch, q_length, heads, head_dim] in ``value.dtype``.
     """
     groups = query.shape[2] // key.shape[2]
-    key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
+    value = jnp.repeat(value, groups, axis=2)
+    probs = dropout(attention_weights(query, key, mask, causal=causal)).astype(value.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, value)
+
+
+def attention_weights(
+    query: jax.Array, key: jax.Array, mask: jax.Array | None, *, causal: bool
+) -> jax.Array:
+    """Softmax attention probabilities float32 [batch, heads, q_length, kv_length] of query
+    [B, T, N, D] over key [B, S, K, D] (grouped-query when K < N), ``mask`` broadcastable to
+    [B, N, T, S] (True = attend); masked keys get probability 0."""
+    key = jnp.repeat(key, query.shape[2] // key.shape[2], axis=2)
     scale = query.shape[-1] ** -0.5
     logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32) * scale
     q_len, kv_len = query.shape[1], key.shape[1]
@@ -94,8 +110,7 @@ def dropout_attention(
         allowed = allowed & mask
     # A finite fill keeps fully masked rows (all-padding sequences) NaN-free, as in jax.nn.
     logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(logits, axis=-1)).astype(value.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs, value)
+    return jax.nn.softmax(logits, axis=-1)
 
 
 def _check_per_token(
@@ -208,6 +223,9 @@ class _Attention(nn.Module):
     ) -> jax.Array:
         """Attention of query heads [B, T, N, D] over key/value heads [B, S, K, D], then the
         ``out`` projection to [B, T, features]; ``mask`` broadcastable to [B, N, T, S]."""
+        if self.is_mutable_collection(ATTENTION_WEIGHTS) and not self.is_initializing():
+            weights = attention_weights(query, key, mask, causal=causal)
+            self.sow(ATTENTION_WEIGHTS, "weights", weights)
         if train and self.dropout_rate > 0:
             dropout = nn.Dropout(self.dropout_rate, deterministic=False)
             out = dropout_attention(query, key, value, mask, causal=causal, dropout=dropout)
