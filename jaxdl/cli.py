@@ -47,6 +47,16 @@ def _number(kind: type, low: float, high: float = float("inf"), low_open: bool =
     return parse
 
 
+def _epsilons(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"epsilons must be >= 0: {text!r}")
+    return values
+
+
 def _prompt(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("the prompt is empty")
@@ -66,7 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train an experiment config", allow_abbrev=False)
     train.add_argument("--config", required=True, help="experiment file, optionally path:arg")
-    train.add_argument("--workdir", required=True, help="output dir; an existing run resumes")
+    train.add_argument(
+        "--workdir",
+        help="output dir; an existing run resumes (under `wandb agent`, default "
+        "$JAXDL_SWEEP_DIR/<sweep id>/<run id>)",
+    )
     train.add_argument(
         "--allow-config-change",
         action="store_true",
@@ -80,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--config", required=True, help="experiment file, optionally path:arg")
     cv.add_argument("--folds", required=True, type=_number(int, 2))
     cv.add_argument("--workdir", required=True, help="root: fold k trains into WORKDIR/fold_k")
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a W&B sweep file locally (grid, random, bayes via optuna); re-run continues",
+        allow_abbrev=False,
+    )
+    sweep.add_argument("file", help="sweep YAML (the same file `wandb sweep` takes)")
+    sweep.add_argument("--workdir", required=True, help="root: trial n trains into trial_NNN")
+    sweep.add_argument("--parallel", type=_number(int, 1), default=1, help="trials at once")
+    sweep.add_argument("--seed", type=int, default=0, help="random/bayes sampling seed")
     evaluate = commands.add_parser(
         "evaluate", help="re-evaluate a run's best checkpoint", allow_abbrev=False
     )
@@ -111,6 +134,43 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-mb", type=_number(float, 0, low_open=True), default=16.0)
     serve.add_argument("--max-queue", type=_number(int, 1), default=256)
     serve.add_argument("--no-batching", action="store_true", help="one model call per request")
+    explain = commands.add_parser(
+        "explain",
+        help="explain a run's predictions on a split's first examples (PNG overlays + JSON)",
+        allow_abbrev=False,
+    )
+    explain.add_argument("--workdir", required=True)
+    explain.add_argument("--split", default="test", choices=["train", "val", "test"])
+    explain.add_argument("--count", type=_number(int, 1), default=8)
+    explain.add_argument(
+        "--method",
+        required=True,
+        choices=["saliency", "smoothgrad", "integrated_gradients", "gradcam", "attention"],
+    )
+    explain.add_argument("--out", help="output directory (default W/explain_METHOD)")
+    explain.add_argument("--layer", help="gradcam: module path (default: the last conv stage)")
+    explain.add_argument("--samples", type=_number(int, 1), default=16, help="smoothgrad copies")
+    explain.add_argument("--noise", type=_number(float, 0), default=0.15, help="smoothgrad std")
+    explain.add_argument("--steps", type=_number(int, 1), default=64, help="integrated gradients")
+    explain.add_argument("--seed", type=int, default=0)
+    robustness = commands.add_parser(
+        "robustness",
+        help="accuracy of a run's best checkpoint under FGSM and PGD attacks",
+        allow_abbrev=False,
+    )
+    robustness.add_argument("--workdir", required=True)
+    robustness.add_argument(
+        "--epsilons",
+        type=_epsilons,
+        default=(0.01, 0.03, 0.1),
+        help="comma-separated radii, fractions of each channel's input range",
+    )
+    robustness.add_argument("--split", default="test", choices=["train", "val", "test"])
+    robustness.add_argument("--count", type=_number(int, 1), default=1000, help="first N")
+    robustness.add_argument("--pgd-steps", type=_number(int, 1), default=10)
+    robustness.add_argument("--seed", type=int, default=0)
+    robustness.add_argument("--batch-size", type=_number(int, 1), default=128)
+    robustness.add_argument("--out", help="JSON report (default W/robustness_SPLIT.json)")
     quantize = commands.add_parser(
         "quantize",
         help="INT8 copy of a run's ONNX export (onnxruntime), compared with float32",
@@ -198,6 +258,14 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--config", required=True, help="experiment file, optionally path:arg")
     convert.add_argument("--out", required=True, help="new directory for the shards")
     convert.add_argument("--shards", type=int, help="number of shard files (default ~50k/shard)")
+    launch = commands.add_parser(
+        "launch",
+        help="the commands that run `jaxdl train` on a TPU pod slice or with SLURM (--dry-run)",
+        allow_abbrev=False,
+    )
+    from jaxdl.launch import add_arguments as add_launch_arguments
+
+    add_launch_arguments(launch)
     return parser
 
 
@@ -260,6 +328,22 @@ def _generate(args: argparse.Namespace, experiment) -> int:
             )
     print(tokenizer.decode(np.asarray(tokens[0])))
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``jaxdl sweep``: runs or continues the sweep, then prints its ranked table."""
+    from jaxdl.sweeps import format_table, read_sweep, run_sweep, write_report
+
+    spec = read_sweep(args.file)
+    _check_writable_workdir(args.workdir)
+    trials = run_sweep(spec, args.workdir, parallel=args.parallel, seed=args.seed)
+    rows = write_report(spec, trials, args.workdir)
+    print(format_table(spec, rows))
+    print(f"sweep_results.json, sweep_parameters.png and one workdir per trial in {args.workdir}")
+    failed = [row["trial"] for row in rows if row["status"] == "failed"]
+    if failed:
+        sys.stderr.write(f"jaxdl: trials {failed} failed: see {args.workdir}/trial_NNN.log\n")
+    return 1 if failed else 0
 
 
 def _cross_validate(args: argparse.Namespace, config) -> int:
@@ -378,6 +462,62 @@ def _quantize(args: argparse.Namespace, experiment) -> int:
             f"| {name} | {row['bytes'] / 1024:.1f} | {row['test_accuracy']:.4f} | "
             f"{row['latency_ms_batch32']:.2f} |"
         )
+    return 0
+
+
+def _explain(args: argparse.Namespace, experiment) -> int:
+    """``jaxdl explain``: attribution or attention overlays of the split's first examples."""
+    from jaxdl.errors import UserError
+    from jaxdl.explain import explain_experiment
+
+    state = _restore_best_state(experiment, args.workdir)
+    tokenizer = None
+    if args.method == "attention":
+        try:
+            tokenizer = _workdir_tokenizer(args.workdir, experiment.data.info)
+        except UserError:
+            tokenizer = None  # token ids label the axes
+    out = args.out or os.path.join(args.workdir, f"explain_{args.method}")
+    report = explain_experiment(
+        experiment,
+        state,
+        method=args.method,
+        out_dir=out,
+        split=args.split,
+        count=args.count,
+        layer=args.layer,
+        samples=args.samples,
+        noise=args.noise,
+        steps=args.steps,
+        seed=args.seed,
+        tokenizer=tokenizer,
+    )
+    print(
+        f"wrote {len(report['examples'])} {args.method} overlays of the {args.split} split "
+        f"and explanations.json to {out}"
+    )
+    return 0
+
+
+def _robustness(args: argparse.Namespace, experiment) -> int:
+    """``jaxdl robustness``: accuracy under FGSM and PGD at each epsilon."""
+    from jaxdl.explain import robustness_experiment, robustness_table
+
+    state = _restore_best_state(experiment, args.workdir)
+    out = args.out or os.path.join(args.workdir, f"robustness_{args.split}.json")
+    report = robustness_experiment(
+        experiment,
+        state,
+        epsilons=args.epsilons,
+        split=args.split,
+        count=args.count,
+        steps=args.pgd_steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        out=out,
+    )
+    print(robustness_table(report))
+    print(f"report written to {out}")
     return 0
 
 
@@ -551,6 +691,22 @@ def _check_writable_workdir(workdir: str) -> None:
         raise UserError(f"workdir {workdir} is not writable")
 
 
+SWEEP_DIR_VARIABLE = "JAXDL_SWEEP_DIR"
+
+
+def agent_workdir(environ) -> str:
+    """The workdir of a W&B agent's trial, which passes no ``--workdir``: one per run id under
+    ``$JAXDL_SWEEP_DIR`` (default runs/sweeps) and the sweep id, so a resumed run id finds its
+    own checkpoints (and the resume fingerprint check guards it)."""
+    from jaxdl.errors import UserError
+
+    run_id = environ.get("WANDB_RUN_ID")
+    if not run_id:
+        raise UserError("train needs --workdir (outside a W&B sweep agent, which sets it)")
+    sweep = environ.get("WANDB_SWEEP_ID") or "no-sweep"
+    return os.path.join(environ.get(SWEEP_DIR_VARIABLE) or "runs/sweeps", sweep, run_id)
+
+
 def trained_workdir_config(workdir: str):
     """The saved config of a run that has a checkpoint (what evaluate, predict, export and serve
     start from); a one-line ``UserError`` otherwise."""
@@ -572,6 +728,10 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from jaxdl.config import load_config
     from jaxdl.errors import UserError
 
+    if args.command == "launch":
+        from jaxdl.launch import launch_main
+
+        return launch_main(args, extra)
     if args.command == "compile":
         return _compile(args, extra)
     if args.command == "shardings":
@@ -582,10 +742,15 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         return _speech_corpus(args)
+    if args.command == "sweep":
+        if extra:
+            raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+        return _sweep(args)
     if args.command == "cv":
         return _cross_validate(args, load_config(args.config, extra))
     if args.command == "train":
         config = load_config(args.config, extra)
+        args.workdir = args.workdir or agent_workdir(os.environ)
         _check_writable_workdir(args.workdir)
     else:
         if extra:
@@ -608,6 +773,10 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return _predict(args, experiment)
     if args.command == "quantize":
         return _quantize(args, experiment)
+    if args.command == "explain":
+        return _explain(args, experiment)
+    if args.command == "robustness":
+        return _robustness(args, experiment)
     if args.command == "serve":
         from jaxdl.serving import serve_experiment
 

@@ -217,6 +217,20 @@ def test_jaxdl_export_cli_writes_a_verified_graph_of_the_best_checkpoint(tmp_pat
     assert accuracy == pytest.approx(results["accuracy"], abs=1e-12)
     analysis = json.loads((workdir / "analysis" / "analysis_test.json").read_text())
     assert analysis["accuracy"] == pytest.approx(results["accuracy"], abs=1e-12)
+    # jaxdl explain and jaxdl robustness on the same run.
+    explain = [sys.executable, "-m", "jaxdl", "explain", "--workdir", str(workdir),
+               "--method", "gradcam", "--count", "2"]  # fmt: skip
+    done = subprocess.run(explain, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(list((workdir / "explain_gradcam").glob("test_*_gradcam.png"))) == 2
+    robustness = [sys.executable, "-m", "jaxdl", "robustness", "--workdir", str(workdir),
+                  "--epsilons", "0,0.1", "--count", "64"]  # fmt: skip
+    done = subprocess.run(robustness, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((workdir / "robustness_test.json").read_text())
+    rows = {row["epsilon"]: row for row in report["rows"]}
+    assert rows[0.0]["fgsm"] == rows[0.0]["pgd"] == report["clean_accuracy"]
+    assert rows[0.1]["pgd"] <= rows[0.1]["fgsm"] <= report["clean_accuracy"]
     if importlib.util.find_spec("jax2onnx") is None:
         return
     # ONNX, then static int8 calibrated on training examples: accuracy within 0.02 of float32.
