@@ -33,8 +33,10 @@ $(TEST_STAMP): $(STAMP) $(EXPORT_STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,tpu,export]"
 	touch $(TEST_STAMP)
 
+# Trains, then writes the test split's predictions and error analysis (WORKDIR/analysis).
 train: $(STAMP)
 	$(BIN)/jaxdl train --config experiments/digits_resnet.py --workdir $(WORKDIR)
+	$(BIN)/jaxdl predict --workdir $(WORKDIR)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check jaxdl tests benchmarks experiments
