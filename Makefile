@@ -40,7 +40,7 @@ train: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check jaxdl tests benchmarks experiments
-	$(BIN)/pytest -q -n 2 -m "not slow"
+	$(BIN)/pytest -q -n 2 -m "not slow" --durations=25
 
 # End-to-end runs of the shipped experiments (minutes each): run before resolving an issue.
 test-slow: $(TEST_STAMP)
