@@ -1,5 +1,7 @@
 """The composition root: ``train`` and ``compile`` build one program; warm starts; errors."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -98,6 +100,17 @@ def _flat(tree):
         jax.tree_util.keystr(p): np.asarray(x)
         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
+
+
+def test_a_relative_init_from_workdir_warm_starts_like_an_absolute_one(pretrained, monkeypatch):
+    # Orbax reads no tree metadata from a relative path (it crashed with an AttributeError).
+    from jaxdl.train.warm_start import resolve_source
+
+    source = pretrained[0]
+    monkeypatch.chdir(source.parent)
+    resolved = resolve_source({"from_workdir": source.name, "checkpoint": "latest"})
+    assert os.path.isabs(resolved) and os.path.isdir(resolved)
+    assert resolved == resolve_source({"from_workdir": str(source), "checkpoint": "latest"})
 
 
 def test_init_from_workdir_takes_the_backbone_and_reinitialises_the_head(pretrained, tmp_path):

@@ -211,6 +211,7 @@ def _reference(path: Path, epochs: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # ~40 s; CI time (the commit-window repairs also have fast unit tests)
 def test_two_kills_in_both_commit_windows_resume_bit_identical(tmp_path):
     """The short campaign ``make test`` runs: one kill in each commit window."""
     reference = _reference(tmp_path / "reference", epochs=1)

@@ -52,9 +52,12 @@ def resolve_source(init_config: Mapping[str, Any]) -> str | None:
 
     ``from_workdir``: that run's best checkpoint (else its latest; ``init.checkpoint`` = 'latest'
     forces the latest). ``from_checkpoint``: an Orbax checkpoint directory holding the state
-    (a jaxdl step directory or its ``state`` item) or a plain params tree.
+    (a jaxdl step directory or its ``state`` item) or a plain params tree. Returned absolute:
+    Orbax reads no tree metadata from a relative path.
     """
     workdir, checkpoint = init_config.get("from_workdir"), init_config.get("from_checkpoint")
+    workdir = os.path.abspath(workdir) if workdir else workdir
+    checkpoint = os.path.abspath(checkpoint) if checkpoint else checkpoint
     if workdir and checkpoint:
         raise ConfigError("set init.from_workdir or init.from_checkpoint, not both")
     if checkpoint:
