@@ -1,7 +1,5 @@
 """The composition root: ``train`` and ``compile`` build one program; warm starts; errors."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -102,15 +100,17 @@ def _flat(tree):
     }
 
 
-def test_a_relative_init_from_workdir_warm_starts_like_an_absolute_one(pretrained, monkeypatch):
-    # Orbax reads no tree metadata from a relative path (it crashed with an AttributeError).
+def test_a_relative_init_from_workdir_resolves_to_an_absolute_checkpoint(tmp_path, monkeypatch):
+    # Orbax reads no tree metadata from a relative path (a warm start crashed with an
+    # AttributeError), so the source is made absolute.
     from jaxdl.train.warm_start import resolve_source
 
-    source = pretrained[0]
-    monkeypatch.chdir(source.parent)
-    resolved = resolve_source({"from_workdir": source.name, "checkpoint": "latest"})
-    assert os.path.isabs(resolved) and os.path.isdir(resolved)
-    assert resolved == resolve_source({"from_workdir": str(source), "checkpoint": "latest"})
+    (tmp_path / "run" / "checkpoints" / "7" / "state").mkdir(parents=True)
+    (tmp_path / "ckpt" / "state").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_source({"from_workdir": "run", "checkpoint": "latest"})
+    assert resolved == str(tmp_path / "run" / "checkpoints" / "7" / "state")
+    assert resolve_source({"from_checkpoint": "ckpt"}) == str(tmp_path / "ckpt" / "state")
 
 
 def test_init_from_workdir_takes_the_backbone_and_reinitialises_the_head(pretrained, tmp_path):

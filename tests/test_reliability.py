@@ -252,6 +252,7 @@ def test_a_damaged_latest_checkpoint_is_named_set_aside_and_the_previous_one_use
     assert sorted(again.checkpointer.latest.all_steps()) == steps[:-1]
 
 
+@pytest.mark.slow  # ~17 s; CI time
 def test_the_only_latest_checkpoint_damaged_resumes_from_best_and_replays_identically(
     tmp_path, capfd
 ):
@@ -411,6 +412,7 @@ def test_skip_stops_after_max_nonfinite_skips_in_a_row(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow  # ~18 s; CI time
 def test_rollback_restores_the_last_checkpoint_with_a_lower_lr_that_survives_a_resume(tmp_path):
     overrides = (
         "--config.train.num_steps=16", "--config.checkpoint.every_steps=4",
