@@ -78,6 +78,7 @@ def test_predictions_files_hold_one_row_per_input_with_probabilities(tmp_path, i
         with open(path) as handle:
             table = [json.loads(line) for line in handle]
     assert len(table) == 11 and str(table[3]["error"]).startswith("record 3")
+    assert [p.name for p in tmp_path.iterdir()] == [f"out{suffix}"]  # no partial file left
     good = table[4]
     probs = np.asarray([float(good[f"p_{n}"]) for n in "abc"])
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)

@@ -247,3 +247,20 @@ def test_the_example_sweep_completes_from_one_command(tmp_path):
     assert all(t["status"] in ("done", "pruned") for t in results["trials"])
     best = results["trials"][0]
     assert best["status"] == "done" and best["value"] > 0.9
+
+
+def test_a_second_sweep_on_the_same_root_is_refused_while_the_first_runs(tmp_path):
+
+    from jaxdl.errors import WorkdirLockedError
+
+    hold = "import sys, time; from jaxdl.train.workdir_lock import WorkdirLock as L; "
+    hold += "L(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"  # another live process holds ROOT
+        with pytest.raises(WorkdirLockedError):
+            run_sweep(read_sweep(EXAMPLE), str(tmp_path), python=FAKE_TRAIN)
+        assert not (tmp_path / "trial_000").exists()
+    finally:
+        holder.kill()
+        holder.wait()

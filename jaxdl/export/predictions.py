@@ -103,15 +103,17 @@ def write_predictions(
             line["error"] = ""
         table.append(line)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    partial = path + ".partial"  # a kill mid-write leaves no truncated file under ``path``
+    with open(partial, "w", newline="", encoding="utf-8") as handle:
         if suffix == ".jsonl":
             for line in table:
                 handle.write(json.dumps(line) + "\n")
-            return
-        columns = list(table[0]) if table else ["index", "label", "prediction", "error"]
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(table)
+        else:
+            columns = list(table[0]) if table else ["index", "label", "prediction", "error"]
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(table)
+    os.replace(partial, path)
 
 
 def analyze_classification(

@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxdl.errors import ConfigError
 from jaxdl.sweeps.spec import SweepSpec
+from jaxdl.train.workdir_lock import WorkdirLock
 
 STATE_FILENAME = "sweep_state.json"
 POLL_SECONDS = 1.0
@@ -209,7 +210,11 @@ def run_sweep(
 ) -> dict[str, dict[str, Any]]:
     """Runs (or continues) the sweep under ``root``; returns each trial's record."""
     os.makedirs(root, exist_ok=True)
-    python = python or sys.executable
+    with WorkdirLock(root):  # a second sweep on the same root would rerun and overwrite trials
+        return _run_locked(spec, root, parallel, seed, python or sys.executable)
+
+
+def _run_locked(spec: SweepSpec, root: str, parallel: int, seed: int, python: str):
     state = _State(root)
     source, bayes = _trial_source(spec, root, seed)
     running: dict[int, dict[str, Any]] = {}
