@@ -14,6 +14,8 @@ same number of batches, even though oversampling lengthens the epoch. Plain cros
         --config.task.focal_gamma=2
     jaxdl train --config experiments/digits_imbalanced.py --workdir runs/imb_oversample \\
         --config.data.oversample=balanced
+    jaxdl train --config experiments/digits_imbalanced.py --workdir runs/imb_smote \\
+        --config.data.smote.enabled=true
 """
 
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+from jaxdl import config_sections as sections
 from jaxdl.config import load_config, parse_config_arg
 
 
@@ -30,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.unlock()
     config.data.imbalance = (1.0,) * 5 + (args.minority,) * 5  # keep fraction per class
     config.data.oversample = config_dict.placeholder(str)  # "balanced": equal classes per epoch
+    config.data.smote = sections.smote()  # enabled=true: synthetic minority images (SMOTE)
 
     config.task.label_smoothing = 0.0
     config.task.class_weights = config_dict.placeholder(str)  # "balanced" (or a list in a file)

@@ -1,5 +1,5 @@
 """Config sections every experiment shares (mesh, distributed, checkpoint, logging, init, early
-stopping), with their defaults, so experiment files state only what is theirs.
+stopping, SMOTE), with their defaults, so experiment files state only what is theirs.
 
 Each function returns a fresh ``ConfigDict``; optional fields are ``placeholder``s so they can be
 overridden from the command line (``--config.mesh.strategy=fsdp``).
@@ -90,4 +90,17 @@ def early_stopping(monitor: str, mode: str) -> ml_collections.ConfigDict:
     section.start_from_epoch = 0  # Keras' start_from_epoch: a warm-up that never stops the run
     section.start_from_step = 0  # the same in steps (set one of the two)
     section.restore_best = True
+    return section
+
+
+def smote(k_neighbors: int = 5, sampling_strategy: str = "auto") -> ml_collections.ConfigDict:
+    """``data.smote``: SMOTE on the train split of in-memory feature/image arrays (after any
+    cross-validation fold split; ``jaxdl.data.imbalance``), seeded by ``data.split_seed``. Off
+    until ``enabled`` (``--config.data.smote.enabled=true``); not with ``data.oversample``.
+    ``sampling_strategy`` is imbalanced-learn's: 'auto' (every class up to the largest),
+    'minority', 'not majority', ..."""
+    section = ml_collections.ConfigDict()
+    section.enabled = False
+    section.k_neighbors = k_neighbors
+    section.sampling_strategy = sampling_strategy
     return section

@@ -1,5 +1,6 @@
 """Class-imbalance remedies: weighted and focal losses (against torch), balanced class weights
-(against scikit-learn), train-split imbalance and oversampling views, SMOTE, config errors."""
+(against scikit-learn), train-split imbalance and oversampling views, SMOTE (against
+imbalanced-learn, training folds only), config errors."""
 
 from __future__ import annotations
 
@@ -12,18 +13,24 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from imblearn.over_sampling import SMOTE
+from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.class_weight import compute_class_weight
 
+from jaxdl import config_sections
 from jaxdl.config import load_config
+from jaxdl.data.folds import cross_validation_fold
 from jaxdl.data.imbalance import (
     apply_train_options,
     balanced_repeat_indices,
     imbalance_indices,
+    in_memory_arrays,
     smote,
 )
 from jaxdl.data.loading import load_data
 from jaxdl.data.pipeline import make_train_loader
 from jaxdl.data.records import ArraySource, DataSplits
+from jaxdl.data.views import SubsetSource
 from jaxdl.errors import ConfigError
 from jaxdl.tasks.classification import ImageClassification, classification_loss
 from jaxdl.tasks.registry import build_task
@@ -278,6 +285,10 @@ def test_digits_imbalanced_experiment_touches_the_train_split_only():
         ({"oversample": "smote"}, "data.oversample must be 'balanced' or None"),
         ({"imbalance": (1.0, 0.5)}, "one keep fraction in (0, 1] per class (4)"),
         ({"imbalance": (1.0, 0.0, 1.0, 1.0)}, "one keep fraction in (0, 1] per class"),
+        ({"smote": {}, "oversample": "balanced"}, "data.smote and data.oversample both"),
+        ({"smote": {"k": 3}}, "data.smote must be None or a mapping with keys"),
+        ({"smote": {"k_neighbors": 0}}, "data.smote.k_neighbors must be an integer >= 1"),
+        ({"smote": {}}, "data.smote: SMOTE with k_neighbors=5 needs more than 5 examples"),
     ],
 )
 def test_data_option_errors_are_one_line(options, message):
@@ -290,6 +301,7 @@ def test_data_options_off_leave_the_splits_alone():
     splits = _splits()
     assert apply_train_options(splits, _data_config()) is splits
     assert apply_train_options(splits, _data_config(oversample="none")) is splits
+    assert apply_train_options(splits, _data_config(smote=config_sections.smote())) is splits
 
 
 # --- SMOTE --------------------------------------------------------------------------------------
@@ -320,3 +332,102 @@ def test_smote_keeps_the_shape_of_embedding_arrays_and_checks_neighbours():
     assert resampled.shape == (40, 2, 3) and np.bincount(new_labels).tolist() == [20, 20]
     with pytest.raises(ValueError, match="needs more than 7 examples of every class"):
         smote(features, labels, k_neighbors=7)
+
+
+def _clustered(counts, seed=0, shape=(2, 2, 1)):
+    """Float features [N, *shape] of len(counts) separated classes, labels int32 [N]."""
+    labels = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(len(labels), *shape)) + 3 * labels.reshape(-1, 1, 1, 1)
+    return features.astype(np.float32), labels
+
+
+def _on_neighbour_segments(synthetic, originals, k):
+    """Whether every synthetic row is x_i + lam * (x_j - x_i), 0 <= lam <= 1, for an original
+    x_i and one of its k nearest originals x_j (all of one class)."""
+    _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(originals).kneighbors(originals)
+    start = np.repeat(originals, k, axis=0)
+    step = originals[neighbours[:, 1:].ravel()] - start  # [pairs, D]
+    offset = synthetic[:, None, :] - start[None]  # [synthetic, pairs, D]
+    lam = (offset * step).sum(-1) / (step * step).sum(-1)
+    residual = np.linalg.norm(offset - lam[..., None] * step, axis=-1)
+    residual = np.where((lam >= -1e-6) & (lam <= 1 + 1e-6), residual, np.inf)
+    return bool(np.all(residual.min(axis=1) < 1e-4))
+
+
+def test_smote_option_equals_imblearn_and_interpolates_same_class_neighbours():
+    features, labels = _clustered([40, 12, 8])
+    empty = ArraySource(inputs=features[:3], labels=labels[:3])
+    splits = DataSplits(ArraySource(inputs=features, labels=labels), empty, empty, info={})
+    options = {"k_neighbors": 3, "sampling_strategy": {"1": 30, "2": 20}}
+    train = apply_train_options(splits, _data_config(split_seed=7, smote=options)).train
+    flat = features.reshape(len(labels), -1)
+    sampler = SMOTE(sampling_strategy={1: 30, 2: 20}, k_neighbors=3, random_state=7)
+    expected, expected_labels = sampler.fit_resample(flat, labels)
+    np.testing.assert_array_equal(train.labels, expected_labels)
+    np.testing.assert_array_equal(np.bincount(train.labels), [40, 30, 20])
+    inputs = train.arrays["inputs"]
+    assert inputs.shape == (90, 2, 2, 1) and inputs.dtype == np.float32
+    np.testing.assert_allclose(inputs.reshape(90, -1), expected, rtol=1e-6)
+    np.testing.assert_array_equal(inputs[: len(labels)], features)  # originals first
+    for cls in (1, 2):
+        synthetic = inputs[len(labels) :][train.labels[len(labels) :] == cls].reshape(-1, 4)
+        assert _on_neighbour_segments(synthetic, flat[labels == cls], k=3)
+        assert not _on_neighbour_segments(synthetic, flat[labels == 0], k=3)
+    auto = apply_train_options(splits, _data_config(smote={"k_neighbors": 3})).train
+    np.testing.assert_array_equal(np.bincount(auto.labels), [40, 40, 40])
+
+
+def test_smote_resamples_the_training_fold_only():
+    features, labels = _clustered([60, 18, 12], seed=1)
+    pool = DataSplits(
+        ArraySource(inputs=features[:70], labels=labels[:70]),
+        ArraySource(inputs=features[70:], labels=labels[70:]),
+        ArraySource(inputs=features[::9], labels=labels[::9]),
+        info={},
+    )
+    fold = cross_validation_fold(pool, folds=3, fold=1, seed=0)
+    resampled = apply_train_options(fold, _data_config(smote={"k_neighbors": 3}))
+    for split in ("val", "test"):  # the held-out fold and the test split, untouched
+        assert resampled.get(split) is fold.get(split)
+    train = in_memory_arrays(fold.train)
+    count = len(train["labels"])
+    out = resampled.train.arrays
+    np.testing.assert_array_equal(out["inputs"][:count], train["inputs"])
+    held_out = in_memory_arrays(fold.val)["inputs"].reshape(len(fold.val), -1)
+    for cls in (1, 2):
+        synthetic = out["inputs"][count:][out["labels"][count:] == cls].reshape(-1, 4)
+        own = train["inputs"][train["labels"] == cls].reshape(-1, 4)
+        assert len(synthetic) and _on_neighbour_segments(synthetic, own, k=3)
+        # No synthetic example comes from (or copies) a held-out example.
+        assert np.min(np.linalg.norm(synthetic[:, None] - held_out[None], axis=-1)) > 1e-4
+
+
+def test_smote_needs_in_memory_feature_arrays():
+    labels = np.repeat(np.arange(2), [20, 8]).astype(np.int32)
+    tokens = ArraySource(tokens=np.ones((28, 4), np.int32), labels=labels)
+    streamed = SubsetSource([{"inputs": np.zeros(2), "labels": 0}] * 28, np.arange(28))
+    for train, message in (
+        (tokens, "data.smote needs float feature arrays ('inputs' and 'labels')"),
+        (streamed, "data.smote needs in-memory feature arrays"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            apply_train_options(DataSplits(train, tokens, tokens), _data_config(smote={}))
+        assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_digits_imbalanced_smote_runs_after_the_fold_split():
+    config = load_config(EXPERIMENT, ["--config.data.smote.enabled=true"])
+    assert not load_config(EXPERIMENT).data.smote.enabled
+    folds = {"cv_folds": 3, "cv_fold": 2}
+    data = load_data(ml_collections.ConfigDict({**config.data.to_dict(), **folds}))
+    plain = config.data.to_dict() | folds | {"smote": None}
+    reference = load_data(ml_collections.ConfigDict(plain))
+    for split in ("val", "test"):
+        for name, array in in_memory_arrays(reference.get(split)).items():
+            np.testing.assert_array_equal(in_memory_arrays(data.get(split))[name], array)
+    train = in_memory_arrays(reference.train)
+    assert len(set(np.bincount(data.train.labels))) == 1  # every class up to the largest
+    np.testing.assert_array_equal(
+        data.train.arrays["inputs"][: len(reference.train)], train["inputs"]
+    )

@@ -1,8 +1,10 @@
 """Explaining and attacking trained classifiers.
 
 Attributions for image classifiers (vanilla gradients, SmoothGrad, integrated gradients,
-Grad-CAM), attention maps of Transformers, FGSM/PGD attacks and accuracy under attack, PNG
-overlays, and the ``jaxdl explain`` / ``jaxdl robustness`` entry points over a trained workdir.
+Grad-CAM), token attributions for text classifiers (gradient x input, integrated gradients on
+the token embeddings), attention maps of Transformers, FGSM/PGD attacks and accuracy under
+attack, PNG overlays and HTML token highlights, and the ``jaxdl explain`` / ``jaxdl
+robustness`` entry points over a trained workdir.
 """
 
 from jaxdl.explain.adversarial import adversarial_accuracy, fgsm, pgd
@@ -22,8 +24,17 @@ from jaxdl.explain.gradcam import (
     upsample,
 )
 from jaxdl.explain.plots import plot_attention, plot_attribution
+from jaxdl.explain.text import (
+    TEXT_BASELINES,
+    TextClassifier,
+    render_token_html,
+    text_classifier,
+    token_gradient_x_input,
+    token_integrated_gradients,
+)
 from jaxdl.explain.workdir import (
     METHODS,
+    TEXT_METHODS,
     explain_experiment,
     input_box,
     robustness_experiment,
@@ -32,7 +43,10 @@ from jaxdl.explain.workdir import (
 
 __all__ = [
     "METHODS",
+    "TEXT_BASELINES",
+    "TEXT_METHODS",
     "Classifier",
+    "TextClassifier",
     "adversarial_accuracy",
     "attention_maps",
     "attention_maps_by_layer",
@@ -51,9 +65,13 @@ __all__ = [
     "pgd",
     "plot_attention",
     "plot_attribution",
+    "render_token_html",
     "robustness_experiment",
     "robustness_table",
     "smoothgrad",
+    "text_classifier",
+    "token_gradient_x_input",
+    "token_integrated_gradients",
     "upsample",
     "vanilla_gradient",
 ]

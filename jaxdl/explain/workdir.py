@@ -1,5 +1,6 @@
-"""``jaxdl explain`` and ``jaxdl robustness`` over a trained run: the split's first examples,
-explained as PNG overlays plus a JSON of scores, or accuracy under FGSM/PGD at several radii.
+"""``jaxdl explain`` and ``jaxdl robustness`` over a trained run: the split's first examples
+(or given texts), explained as PNG overlays or an HTML page of coloured tokens plus a JSON of
+scores, or accuracy under FGSM/PGD at several radii.
 
 Both start from the run's deployment function (``jaxdl.export.experiment_inference``), so they
 explain and attack the model that ``predict`` and the exports compute.
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl.data.text_sources import TokenizedText
 from jaxdl.errors import UserError
 from jaxdl.explain.adversarial import adversarial_accuracy
 from jaxdl.explain.attention import attention_maps_by_layer
@@ -23,11 +25,19 @@ from jaxdl.explain.attributions import heatmap, integrated_gradients, smoothgrad
 from jaxdl.explain.classifier import Classifier, from_inference
 from jaxdl.explain.gradcam import default_layer, gradcam, upsample
 from jaxdl.explain.plots import plot_attention, plot_attribution
+from jaxdl.explain.text import (
+    render_token_html,
+    text_classifier,
+    token_gradient_x_input,
+    token_integrated_gradients,
+)
 from jaxdl.export import experiment_inference
 from jaxdl.export.inference import InferenceFunction, stack_inputs
 from jaxdl.tasks.classification import ImageClassification, SequenceClassification
 
 IMAGE_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "gradcam")
+# On a text classifier: gradient x input and integrated gradients of the token embeddings.
+TEXT_METHODS = ("saliency", "integrated_gradients")
 METHODS = (*IMAGE_METHODS, "attention")
 EXPLANATIONS_FILENAME = "explanations.json"
 
@@ -43,6 +53,21 @@ def _first_examples(experiment, inference: InferenceFunction, split: str, count:
     if all("labels" in record for record in records):
         labels = np.asarray([int(record["labels"]) for record in records], np.int32)
     return stack_inputs(records, inference.input_spec), labels
+
+
+def _encoded_texts(
+    texts: Sequence[str], tokenizer: Any, task: SequenceClassification
+) -> dict[str, np.ndarray]:
+    """Token batch of ``texts`` encoded as the text loaders do (CLS first when the tokenizer
+    has one, truncated and padded to the task's ``max_len``)."""
+    if tokenizer is None:
+        raise UserError("explaining given texts needs the run's tokenizer")
+    texts = [text for text in texts if text.strip()]
+    if not texts:
+        raise UserError("no non-empty texts to explain")
+    add_cls = getattr(tokenizer, "cls_id", None) is not None
+    encoded = TokenizedText([{"text": t} for t in texts], tokenizer, task.max_len, add_cls)
+    return {"tokens": np.stack([encoded[i]["tokens"] for i in range(len(texts))])}
 
 
 def _class_name(names: Sequence[str] | None, index: int | None) -> str | None:
@@ -86,11 +111,39 @@ def _token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
         return [str(i) for i in ids]
     labels = []
     for token in ids:
+        if getattr(tokenizer, "cls_id", None) == int(token):
+            labels.append("[CLS]")
+            continue
         try:
             labels.append(tokenizer.decode([int(token)]) or f"<{token}>")
         except Exception:  # an id the tokenizer cannot decode alone (e.g. a byte fragment)
             labels.append(f"<{token}>")
     return labels
+
+
+def _token_attributions(
+    method: str, inference: InferenceFunction, tokens: np.ndarray, options: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(attributions [B, T] with 0 at padding, padding mask [B, T], extra JSON fields)."""
+    task = inference.task
+    model = text_classifier(inference.model, inference.variables)
+    mask = np.asarray(tokens != task.pad_id)
+    common = {"padding_mask": mask, "pad_id": task.pad_id}
+    if method == "saliency":
+        scores = token_gradient_x_input(model, tokens, **common)
+        return np.asarray(scores), mask, {"attribution": "gradient_x_input"}
+    baseline, steps = options["baseline"], int(options["steps"])
+    scores, gap = token_integrated_gradients(
+        model, tokens, baseline=baseline, steps=steps, **common
+    )
+    extra = {
+        "attribution": "integrated_gradients",
+        "baseline": f"{baseline} embedding",
+        "steps": steps,
+        "attribution_sum": np.asarray(scores).sum(-1).tolist(),
+        "score_minus_baseline_score": np.asarray(gap).tolist(),
+    }
+    return np.asarray(scores), mask, extra
 
 
 def explain_experiment(
@@ -107,23 +160,39 @@ def explain_experiment(
     steps: int = 32,
     seed: int = 0,
     tokenizer: Any = None,
+    texts: Sequence[str] | None = None,
+    baseline: str = "zero",
 ) -> dict[str, Any]:
-    """Explain the first ``count`` examples of ``split`` with ``method`` (one of ``METHODS``):
-    one PNG per example in ``out_dir`` (``{split}_{i:04d}_{method}.png``) and
-    ``explanations.json`` (per example: label, prediction, its probability, the PNG; integrated
-    gradients add the completeness check). Image methods explain the predicted class;
-    'attention' plots each layer's head-averaged weights over the real tokens (decoded with
-    ``tokenizer`` if given) and saves all weights [layers, B, heads, T, T] in
-    ``attention_{split}.npz``. Returns the JSON written."""
+    """Explain the first ``count`` examples of ``split`` (or ``texts``, encoded with
+    ``tokenizer``, for a text classifier) with ``method`` (one of ``METHODS``) and write
+    ``explanations.json`` to ``out_dir`` (per example: label, prediction, its probability, its
+    rendering; integrated gradients add the completeness check). Every method explains the
+    predicted class.
+
+    Image classifiers: one PNG overlay per example (``{split}_{i:04d}_{method}.png``).
+    Text classifiers: 'saliency' (gradient x input) or 'integrated_gradients' (from the
+    ``baseline`` token embedding, 'zero' or 'pad') per token of the token-embedding output
+    (``jaxdl.explain.text``): the JSON lists each example's real tokens and scores, and
+    ``{split}_{method}.html`` shows the tokens coloured by score. 'attention' plots each
+    layer's head-averaged weights over the real tokens (decoded with ``tokenizer`` if given)
+    and saves all weights [layers, B, heads, T, T] in ``attention_{split}.npz``. With
+    ``texts``, ``split`` in names and the JSON is 'inputs'. Returns the JSON written."""
     if method not in METHODS:
         raise UserError(f"unknown explain method {method!r}; choose one of {list(METHODS)}")
     inference = experiment_inference(experiment, state)
     task = inference.task
-    if method in IMAGE_METHODS and not isinstance(task, ImageClassification):
-        raise UserError(f"{method} explains image classifiers, not a {task.name} run")
-    if method == "attention" and not isinstance(task, SequenceClassification):
-        raise UserError(f"attention maps need a sequence classifier, not a {task.name} run")
-    batch, labels = _first_examples(experiment, inference, split, count)
+    text = isinstance(task, SequenceClassification)
+    allowed = (*TEXT_METHODS, "attention") if text else ()
+    allowed = IMAGE_METHODS if isinstance(task, ImageClassification) else allowed
+    if method not in allowed:
+        choices = ", ".join(allowed) or "none"
+        raise UserError(f"{method} does not explain a {task.name} run (methods for it: {choices})")
+    if texts is not None:
+        if not text:
+            raise UserError(f"only text classifiers explain given texts, not a {task.name} run")
+        batch, labels, split = _encoded_texts(texts, tokenizer, task), None, "inputs"
+    else:
+        batch, labels = _first_examples(experiment, inference, split, count)
     probabilities = inference(batch)["probabilities"]
     predicted = probabilities.argmax(-1)
     names = experiment.data.info.get("class_names")
@@ -132,11 +201,22 @@ def explain_experiment(
     report: dict[str, Any] = {"method": method, "split": split, "examples": []}
     if method == "attention":
         args, kwargs = task.model_inputs({k: jnp.asarray(v) for k, v in batch.items()})
-        by_layer = attention_maps_by_layer(inference.model, inference.variables, *args, **kwargs)
+        try:
+            by_layer = attention_maps_by_layer(
+                inference.model, inference.variables, *args, **kwargs
+            )
+        except ValueError as error:  # a model without attention layers (an RNN)
+            raise UserError(str(error)) from None
         stacked = np.stack([np.asarray(w) for w in by_layer.values()])
         np.savez_compressed(os.path.join(out_dir, f"attention_{split}.npz"), weights=stacked)
         report["layers"] = list(by_layer)
         mask = np.asarray(kwargs.get("padding_mask", np.ones(args[0].shape, bool)))
+    elif text:
+        options = {"baseline": baseline, "steps": steps}
+        scores, mask, extra = _token_attributions(method, inference, batch["tokens"], options)
+        report.update({k: v for k, v in extra.items() if not isinstance(v, list)})
+        report["html"] = f"{split}_{method}.html"
+        rendered = []
     else:
         options = {"layer": layer, "samples": samples, "noise": noise, "steps": steps, "seed": seed}
         images = jnp.asarray(batch["inputs"])
@@ -149,15 +229,6 @@ def explain_experiment(
         title = f"predicted {_class_name(names, guess)} ({probabilities[i, guess]:.2f})"
         if label is not None:
             title = f"label {_class_name(names, label)}, {title}"
-        png = os.path.join(out_dir, f"{split}_{i:04d}_{method}.png")
-        if method == "attention":
-            real = np.flatnonzero(mask[i])
-            tokens = _token_labels(tokenizer, np.asarray(batch["tokens"][i])[real])
-            panels = stacked[:, i].mean(axis=1)[:, real][:, :, real]
-            titles = [f"layer {n} (head mean)" for n in range(len(panels))]
-            plot_attention(tokens, panels, png, titles=titles)
-        else:
-            plot_attribution(batch["inputs"][i], maps[i], png, title=f"{method}: {title}")
         entry = {
             "index": i,
             "label": label,
@@ -165,11 +236,29 @@ def explain_experiment(
             "predicted": guess,
             "predicted_name": _class_name(names, guess),
             "probability": float(probabilities[i, guess]),
-            "png": os.path.basename(png),
         }
+        png = os.path.join(out_dir, f"{split}_{i:04d}_{method}.png")
+        if text and method != "attention":
+            real = np.flatnonzero(mask[i])
+            tokens = _token_labels(tokenizer, np.asarray(batch["tokens"][i])[real])
+            entry.update(tokens=tokens, scores=scores[i, real].tolist())
+            rendered.append((f"{i}: {title}", tokens, entry["scores"]))
+        elif method == "attention":
+            real = np.flatnonzero(mask[i])
+            tokens = _token_labels(tokenizer, np.asarray(batch["tokens"][i])[real])
+            panels = stacked[:, i].mean(axis=1)[:, real][:, :, real]
+            titles = [f"layer {n} (head mean)" for n in range(len(panels))]
+            plot_attention(tokens, panels, png, titles=titles)
+            entry["png"] = os.path.basename(png)
+        else:
+            plot_attribution(batch["inputs"][i], maps[i], png, title=f"{method}: {title}")
+            entry["png"] = os.path.basename(png)
         if method != "attention":
             entry.update({k: v[i] for k, v in extra.items() if isinstance(v, list)})
         report["examples"].append(entry)
+    if text and method != "attention":
+        heading = f"{report['attribution']} of the predicted class, {split}"
+        render_token_html(rendered, os.path.join(out_dir, report["html"]), title=heading)
     with open(os.path.join(out_dir, EXPLANATIONS_FILENAME), "w") as handle:
         json.dump(report, handle, indent=2)
     return report

@@ -34,18 +34,18 @@ from jaxdl.metrics import (
     plot_roc_curves,
     reliability_bins,
 )
+from jaxdl.metrics.gallery import write_misclassified
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 
-def classify_records(
+def infer_records(
     inference: InferenceFunction, source: Any, batch_size: int = 64
 ) -> Iterator[dict[str, Any]]:
-    """One row per record of ``source``: ``index``, ``label`` (when the record has one),
-    ``logits`` and ``probabilities`` (float32 arrays), or ``error`` for an unreadable record.
-    Batches are padded to ``batch_size`` so one compiled program serves the whole split."""
-    if "probabilities" not in inference.output_names:
-        raise UserError("predict needs a classification model (outputs 'probabilities')")
+    """One row per record of ``source``, in order: ``index``, the ``record`` and its ``outputs``
+    (that row of each of ``inference``'s outputs), or ``index`` and ``error`` (the first line of
+    the ``RecordError``) for an unreadable record. Batches are padded to ``batch_size`` so one
+    compiled program serves every batch."""
     pending: list[tuple[int, dict[str, Any]]] = []
 
     def flush() -> Iterator[dict[str, Any]]:
@@ -53,12 +53,11 @@ def classify_records(
         records += [records[-1]] * (batch_size - len(records))
         outputs = inference(stack_inputs(records, inference.input_spec))
         for row, (index, record) in enumerate(pending):
-            out = {"index": index}
-            if "labels" in record:
-                out["label"] = int(np.asarray(record["labels"]))
-            out["logits"] = outputs["logits"][row]
-            out["probabilities"] = outputs["probabilities"][row]
-            yield out
+            yield {
+                "index": index,
+                "record": record,
+                "outputs": {name: value[row] for name, value in outputs.items()},
+            }
         pending.clear()
 
     for index in range(len(source)):
@@ -72,6 +71,26 @@ def classify_records(
             yield from flush()
     if pending:
         yield from flush()
+
+
+def classify_records(
+    inference: InferenceFunction, source: Any, batch_size: int = 64
+) -> Iterator[dict[str, Any]]:
+    """One row per record of ``source`` (``infer_records``): ``index``, ``label`` (when the
+    record has one), ``logits`` and ``probabilities`` (float32 arrays), or ``error`` for an
+    unreadable record."""
+    if "probabilities" not in inference.output_names:
+        raise UserError("predict needs a classification model (outputs 'probabilities')")
+    for row in infer_records(inference, source, batch_size):
+        if "error" in row:
+            yield row
+            continue
+        out = {"index": row["index"]}
+        if "labels" in row["record"]:
+            out["label"] = int(np.asarray(row["record"]["labels"]))
+        out["logits"] = row["outputs"]["logits"]
+        out["probabilities"] = row["outputs"]["probabilities"]
+        yield out
 
 
 def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
@@ -117,10 +136,17 @@ def write_predictions(
 
 
 def analyze_classification(
-    rows: Sequence[dict[str, Any]], class_names: Sequence[str] | None, out_dir: str, split: str
+    rows: Sequence[dict[str, Any]],
+    class_names: Sequence[str] | None,
+    out_dir: str,
+    split: str,
+    source: Any = None,
+    texts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Calibration, ROC/PR curves, most-confused pairs and per-class metrics of the readable
-    labelled rows, as ``analysis_<split>.json`` plus PNG plots in ``out_dir``."""
+    labelled rows, as ``analysis_<split>.json`` plus PNG plots in ``out_dir``; the mistakes as
+    ``misclassified_<split>.json`` with the split's ``texts`` if given, and a gallery PNG of
+    ``source``'s images (``write_misclassified``)."""
     scored = [r for r in rows if "error" not in r and "label" in r]
     if not scored:
         return {}
@@ -153,6 +179,8 @@ def analyze_classification(
     plot_roc_curves(curves, os.path.join(out_dir, f"roc_{split}.png"))
     plot_pr_curves(curves, os.path.join(out_dir, f"precision_recall_{split}.png"))
     plot_per_class_metrics(report, os.path.join(out_dir, f"per_class_{split}.png"))
+    indices = [r["index"] for r in scored]
+    write_misclassified(probs, labels, indices, names, out_dir, split, source=source, texts=texts)
     with open(os.path.join(out_dir, f"analysis_{split}.json"), "w") as handle:
         json.dump(analysis, handle, indent=2)
     return analysis
