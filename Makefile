@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 WORKDIR ?= runs/digits
 
-.PHONY: train test test-slow bench speech-corpus export-deps clean
+.PHONY: train test test-slow bench speech-corpus export-deps export-tf-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ $(EXPORT_STAMP): $(STAMP)
 
 export-deps: $(EXPORT_STAMP)
 
+# TF SavedModel / TFLite export (`jaxdl export --format savedmodel|tflite`): the `tf` extra
+# (TensorFlow, several hundred MB): `make test-slow` installs it for the TF parity tests; `make
+# test` does not.
+EXPORT_TF_STAMP := $(VENV)/.installed-export-tf-stamp
+$(EXPORT_TF_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[tf]"
+	touch $(EXPORT_TF_STAMP)
+
+export-tf-deps: $(EXPORT_TF_STAMP)
+
 # Tests also need the dev tools, torch (reference schedules/optimisers), libtpu (the
 # `jaxdl compile` test AOT-compiles for a TPU topology on this CPU machine) and the ONNX export.
 $(TEST_STAMP): $(STAMP) $(EXPORT_STAMP)
@@ -43,7 +53,8 @@ test: $(TEST_STAMP)
 	$(BIN)/pytest -q -n 2 -m "not slow" --durations=25
 
 # End-to-end runs of the shipped experiments (minutes each): run before resolving an issue.
-test-slow: $(TEST_STAMP)
+# Also installs the tf extra, for the SavedModel/TFLite parity tests.
+test-slow: $(TEST_STAMP) $(EXPORT_TF_STAMP)
 	$(BIN)/pytest -q -m slow
 
 # The synthesised speech corpus (experiments/speech_conformer.py's data), cached outside the repo;

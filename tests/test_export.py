@@ -189,7 +189,7 @@ def test_export_refuses_a_non_empty_directory_and_an_unknown_format(tmp_path):
         export_model(inference, "stablehlo", str(tmp_path / "taken"), sample, {})
     assert (tmp_path / "taken" / "x").read_text() == "keep me"
     with pytest.raises(UserError, match="unknown export format"):
-        export_model(inference, "tflite", str(tmp_path / "new"), sample, {})
+        export_model(inference, "coreml", str(tmp_path / "new"), sample, {})
     with pytest.raises(UserError, match="not a jaxdl export"):
         load_exported(str(tmp_path / "taken"))
 

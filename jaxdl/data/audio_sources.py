@@ -46,10 +46,17 @@ def _soundfile(read: Callable[[str], Any], path: str) -> Any:
 def decode_audio(path: str, sample_rate: int) -> np.ndarray:
     """The audio file ``path`` as float32 mono samples in [-1, 1] at ``sample_rate``."""
     data, rate = _soundfile(lambda p: sf.read(p, dtype="float32", always_2d=True), path)
+    return mono_at_rate(data, rate, sample_rate, f"audio file {path}")
+
+
+def mono_at_rate(data: np.ndarray, rate: int, sample_rate: int, name: str) -> np.ndarray:
+    """Decoded float32 frames [n, channels] at ``rate`` as mono samples in [-1, 1] at
+    ``sample_rate`` (channels averaged); a ``RecordError`` naming ``name`` when there are none
+    or some are not finite."""
     if not len(data):
-        raise RecordError(f"audio file {path} holds no samples")
+        raise RecordError(f"{name} holds no samples")
     if not np.isfinite(data).all():
-        raise RecordError(f"audio file {path} holds NaN or infinite samples")
+        raise RecordError(f"{name} holds NaN or infinite samples")
     audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != sample_rate:
         divisor = math.gcd(rate, sample_rate)

@@ -163,7 +163,8 @@ def load_data(data_config: ml_collections.ConfigDict) -> DataSplits:
         fold = data_config.get("cv_fold", 0)
         seed = int(data_config.get("split_seed", 0))
         splits = cross_validation_fold(splits, folds, fold, seed)
-    # data.imbalance / data.oversample reshape the final train split only (jaxdl.data.imbalance).
+    # data.imbalance / data.oversample / data.smote reshape the final train split only, after
+    # any fold split (jaxdl.data.imbalance).
     return apply_train_options(splits, data_config)
 
 
@@ -256,7 +257,11 @@ def _split_images(
     """In memory: stratified (seeded) split, every split standardised with train statistics."""
     indices = stratified_split(dataset.labels, fractions=fractions, seed=seed)
     train, val, test = (dataset.subset(i) for i in indices)
-    mean, std = per_channel_stats(train.inputs) if standardize else (0.0, 1.0)
+    if standardize:
+        mean, std = per_channel_stats(train.inputs)
+    else:
+        channels = dataset.inputs.shape[-1]
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
     sources = [
         ArraySource(
             inputs=((d.inputs - mean) / np.maximum(std, 1e-6)).astype(np.float32),
@@ -268,6 +273,9 @@ def _split_images(
         "class_names": list(dataset.class_names),
         "num_classes": dataset.num_classes,
         "input_shape": tuple(dataset.inputs.shape[1:]),
+        # Of pixels in [0, 1]: what a served image file is standardised with.
+        "channel_mean": mean.tolist(),
+        "channel_std": np.maximum(std, 1e-6).tolist(),
     }
     return DataSplits(*sources, info=info)
 

@@ -1,5 +1,5 @@
-"""Deployment: a trained model as one inference function, exported to StableHLO or ONNX and
-verified against JAX on the experiment's own data (``jaxdl export``)."""
+"""Deployment: a trained model as one inference function, exported to StableHLO, ONNX, TF
+SavedModel or TFLite and verified against JAX on the experiment's own data (``jaxdl export``)."""
 
 from jaxdl.export.artifact import (
     TOLERANCE,

@@ -12,14 +12,14 @@ import datetime
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata as package_metadata
 from typing import Any
 
 import numpy as np
 
 from jaxdl.errors import JaxdlExit, UserError
-from jaxdl.export.formats import FILENAMES, LOADERS, WRITERS, Runner
+from jaxdl.export.formats import FILENAMES, LOADERS, PLATFORM_FORMATS, WRITERS, Runner
 from jaxdl.export.inference import InferenceFunction
 
 METADATA_FILENAME = "metadata.json"
@@ -73,11 +73,14 @@ def export_model(
     sample: Mapping[str, np.ndarray],
     info: Mapping[str, Any],
     platforms: Sequence[str] | None = None,
+    write_extras: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Writes ``inference`` in format ``fmt`` into the new directory ``out_dir`` with its
     metadata (``info``: task, model, class names, checkpoint step, ...), verified on ``sample``
     (an input batch). Returns the metadata. Raises ``ExportMismatchError`` (and removes the
-    directory) when the reloaded graph disagrees with JAX."""
+    directory) when the reloaded graph disagrees with JAX. ``write_extras(out_dir)`` writes
+    files beside the graph (tokenizer, drift reference) before ``metadata.json``, which is
+    written last and so marks a complete export; it returns entries for the metadata."""
     if fmt not in WRITERS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {sorted(WRITERS)}")
     if os.path.exists(out_dir) and os.listdir(out_dir):
@@ -85,7 +88,7 @@ def export_model(
     os.makedirs(out_dir, exist_ok=True)
     graph_path = os.path.join(out_dir, FILENAMES[fmt])
     try:
-        if fmt == "stablehlo":
+        if fmt in PLATFORM_FORMATS:
             WRITERS[fmt](inference, graph_path, platforms)
         else:
             WRITERS[fmt](inference, graph_path)
@@ -115,10 +118,17 @@ def export_model(
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": package_versions(
             ["jaxdl", "jax", "jaxlib", "flax", "jax2onnx", "onnx", "onnxruntime"]
+            + ["tensorflow", "tensorflow-cpu"]
         ),
     }
-    if fmt == "stablehlo":
+    if fmt in PLATFORM_FORMATS:
         meta["platforms"] = list(platforms or [])
+    if write_extras is not None:
+        try:
+            meta.update(write_extras(out_dir))
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
     with open(os.path.join(out_dir, METADATA_FILENAME), "w") as handle:
         json.dump(meta, handle, indent=2)
     return meta

@@ -55,13 +55,18 @@ def export_experiment(
     platforms: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Writes ``state``'s model in ``fmt`` to ``out_dir`` (see ``export_model``), with the class
-    names, the checkpoint step and the workdir's tokenizer for text models."""
+    names, the checkpoint step, the workdir's tokenizer for text models and the drift reference
+    of the training split (``jaxdl.monitoring.reference``)."""
+    from jaxdl.monitoring.reference import write_export_reference
+
     inference = experiment_inference(experiment, state)
     info = experiment_metadata(experiment, state, workdir)
-    meta = export_model(
-        inference, fmt, out_dir, sample_batch(experiment, inference), info, platforms
-    )
-    tokenizer = os.path.join(workdir, TOKENIZER_FILENAME)
-    if os.path.isfile(tokenizer):
-        shutil.copy2(tokenizer, os.path.join(out_dir, TOKENIZER_FILENAME))
-    return meta
+
+    def write_extras(directory: str) -> dict[str, Any]:
+        tokenizer = os.path.join(workdir, TOKENIZER_FILENAME)
+        if os.path.isfile(tokenizer):
+            shutil.copy2(tokenizer, os.path.join(directory, TOKENIZER_FILENAME))
+        return write_export_reference(experiment, inference, directory, int(state.step))
+
+    batch = sample_batch(experiment, inference)
+    return export_model(inference, fmt, out_dir, batch, info, platforms, write_extras)

@@ -5,7 +5,8 @@ Endpoints:
 * ``POST /predict``: ``{"inputs": {name: batch}}`` (see ``jaxdl.serving.validation``) →
   ``{"outputs": {name: lists}}``, plus ``predictions`` / ``predicted_classes`` for classifiers.
   Requests are merged by ``MicroBatcher``; one holding more than ``max_batch`` examples is refused
-  with 413 (the client splits it). JSON only: image files are not accepted, clients decode them.
+  with 413 (the client splits it). Given ``uploads`` (``jaxdl.serving.uploads``), it also takes
+  image files, text or audio files, by their ``Content-Type``; any other type is a 415.
 * ``GET /healthz``: 200 ``{"status": "ok"}`` while the model worker runs, else 503.
 * ``GET /metadata``: the metadata given, the input spec and outputs, serving options, versions.
 * ``GET /metrics``: Prometheus text (``ServingMetrics``).
@@ -29,14 +30,19 @@ from starlette.exceptions import HTTPException
 
 from jaxdl.export.artifact import input_spec_json, package_versions
 from jaxdl.export.inference import InferenceFunction
+from jaxdl.monitoring.reference import DriftReference
+from jaxdl.monitoring.server import DEFAULT_EVERY, DEFAULT_WINDOW, server_monitor
 from jaxdl.serving.batcher import MicroBatcher, Overloaded, bucket_sizes
 from jaxdl.serving.metrics import ServingMetrics
 from jaxdl.serving.responses import predict_response
-from jaxdl.serving.validation import RequestError, check_request, parse_json
+from jaxdl.serving.uploads import Uploads, decode_request
+from jaxdl.serving.validation import RequestError
 
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 DEFAULT_MAX_QUEUE = 256
 VERSIONED_PACKAGES = ("jaxdl", "jax", "jaxlib", "flax", "numpy", "fastapi", "uvicorn")
+# The errors metric's reason for each refusal status (422 and others: "bad_input").
+REFUSALS = {400: "bad_request", 413: "too_large", 415: "unsupported_media_type"}
 logger = logging.getLogger(__name__)
 
 
@@ -71,6 +77,10 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_queue: int = DEFAULT_MAX_QUEUE,
     batching: bool = True,
+    uploads: Uploads | None = None,
+    drift_reference: DriftReference | None = None,
+    drift_window: int = DEFAULT_WINDOW,
+    drift_every: int = DEFAULT_EVERY,
 ) -> FastAPI:
     """A FastAPI app serving ``inference``; every bucket size is compiled before it returns.
 
@@ -78,7 +88,10 @@ def create_app(
     checkpoint step, ...); its ``class_names`` label classifier predictions. ``max_batch``: most
     examples per model call and per request; ``max_wait_ms``: how long a call waits for more
     requests to merge; ``max_queue``: requests waiting before 503; ``batching=False`` runs each
-    request alone (the benchmark's baseline).
+    request alone (the benchmark's baseline); ``uploads``: the files or text the model takes
+    besides JSON arrays (``experiment_uploads``), None for JSON only; ``drift_reference``: the
+    statistics behind the drift gauges, over the last ``drift_window`` examples every
+    ``drift_every`` requests (``jaxdl.monitoring.server``; 0 or no reference: no gauges).
     """
     metadata = dict(metadata or {})
     spec = input_spec_json(inference)
@@ -110,7 +123,12 @@ def create_app(
             "compile_seconds": round(batcher.compile_seconds, 3),
         },
         "versions": package_versions(VERSIONED_PACKAGES),
+        "uploads": uploads.describe() if uploads is not None else None,
     }
+
+    def respond(outputs: Mapping[str, Any], notes: Mapping[str, Any]) -> dict[str, Any]:
+        extra = uploads.respond(outputs) if uploads is not None else {}
+        return {**predict_response(outputs, class_names), **notes, **extra}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -126,6 +144,10 @@ def create_app(
     )  # fmt: skip
     app.state.batcher = batcher
     app.state.metrics = metrics
+    app.state.drift = server_monitor(
+        drift_reference, inference.input_names, metrics.add_drift_gauges, window=drift_window,
+        every=drift_every,
+    )  # fmt: skip
     batcher.start()  # also serves without the lifespan (e.g. a TestClient outside ``with``)
 
     @app.exception_handler(HTTPException)
@@ -143,12 +165,13 @@ def create_app(
     async def predict(request: Request) -> Response:
         try:
             body = await _read_body(request, max_body_bytes)
-            inputs = await run_in_threadpool(
-                lambda: check_request(parse_json(body), spec, batcher.max_batch)
+            content_type = request.headers.get("content-type")
+            decoded = await run_in_threadpool(
+                decode_request, body, content_type, spec, batcher.max_batch, uploads
             )
-            future = batcher.submit([inputs[name] for name in inference.input_names])
+            future = batcher.submit([decoded.inputs[name] for name in inference.input_names])
         except RequestError as error:
-            reason = {400: "bad_request", 413: "too_large"}.get(error.status, "bad_input")
+            reason = REFUSALS.get(error.status, "bad_input")
             metrics.errors.labels(reason).inc()
             return _error(error.status, error.message)
         except Overloaded as error:
@@ -156,7 +179,9 @@ def create_app(
             return _error(503, f"server overloaded: {error}; retry later", {"Retry-After": "1"})
         metrics.queue_depth.set(batcher.queued)
         outputs = await asyncio.wrap_future(future)
-        content = await run_in_threadpool(predict_response, outputs, class_names)
+        if app.state.drift is not None:
+            app.state.drift.observe(decoded.inputs, outputs)
+        content = await run_in_threadpool(respond, outputs, decoded.notes)
         return JSONResponse(content)
 
     @app.get("/healthz")

@@ -1,11 +1,13 @@
 """Prometheus metrics of one app, in a registry of its own (several apps in one process, as in the
-tests, never share counters): requests by endpoint and status, latency, merged batch sizes, errors.
+tests, never share counters): requests by endpoint and status, latency, merged batch sizes, errors,
+and the drift of recent inputs and predictions (``jaxdl.monitoring.server``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -76,6 +78,11 @@ class ServingMetrics:
             "jaxdl_serving_queue_depth", "Requests waiting for the model", registry=self.registry
         )
 
+    def add_drift_gauges(self, predictions: bool) -> DriftGauges:
+        """The drift gauges, registered beside the others (only servers with a reference);
+        ``predictions``: whether the prediction PSI gauge applies (classifiers)."""
+        return DriftGauges(self.registry, predictions)
+
     def observe_batch(self, examples: int, bucket: int, requests: int, seconds: float) -> None:
         """``MicroBatcher``'s observer: one model call."""
         self.batch_size.observe(examples)
@@ -108,3 +115,60 @@ class ServingMetrics:
                 self.requests.labels(endpoint, str(status[0])).inc()
 
         return counted
+
+
+class DriftGauges:
+    """Drift of the server's recent window against the reference, per input feature (PSI, KS)
+    and for the predicted classes (PSI); set by ``DriftMonitor`` every N requests."""
+
+    def __init__(self, registry: CollectorRegistry, predictions: bool):
+        self.psi = Gauge(
+            "jaxdl_drift_psi",
+            "PSI of an input feature over the recent window vs the reference (>= 0.25: drift)",
+            ["feature"],
+            registry=registry,
+        )
+        self.ks_statistic = Gauge(
+            "jaxdl_drift_ks_statistic",
+            "Two-sample KS statistic of an input feature, recent window vs reference",
+            ["feature"],
+            registry=registry,
+        )
+        self.ks_pvalue = Gauge(
+            "jaxdl_drift_ks_pvalue",
+            "Two-sample KS p-value of an input feature, recent window vs reference",
+            ["feature"],
+            registry=registry,
+        )
+        self.prediction_psi = None
+        if predictions:
+            self.prediction_psi = Gauge(
+                "jaxdl_drift_prediction_psi",
+                "PSI of the predicted-class distribution, recent window vs reference",
+                registry=registry,
+            )
+        self.window_examples = Gauge(
+            "jaxdl_drift_window_examples",
+            "Examples in the window of the last drift computation",
+            registry=registry,
+        )
+        self.detected = Gauge(
+            "jaxdl_drift_detected",
+            "1 when the last window drifted (PSI >= 0.25 or a KS p-value below 0.05/features)",
+            registry=registry,
+        )
+        self.updates = Counter(
+            "jaxdl_drift_updates", "Drift computations completed", registry=registry
+        )
+
+    def record(self, result: Mapping[str, Any]) -> None:
+        """Sets the gauges from a ``jaxdl.monitoring.report.compare_window`` result."""
+        for name, stats in result["features"].items():
+            self.psi.labels(name).set(stats["psi"])
+            self.ks_statistic.labels(name).set(stats["ks_statistic"])
+            self.ks_pvalue.labels(name).set(stats["ks_pvalue"])
+        if self.prediction_psi is not None and "prediction_psi" in result:
+            self.prediction_psi.set(result["prediction_psi"])
+        self.window_examples.set(result["examples"])
+        self.detected.set(1.0 if result["status"] == "drift" else 0.0)
+        self.updates.inc()

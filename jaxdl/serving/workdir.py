@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI
 
+from jaxdl.errors import UserError
 from jaxdl.export import experiment_inference, experiment_metadata
+from jaxdl.monitoring.reference import DriftReference, workdir_reference
+from jaxdl.monitoring.server import DEFAULT_EVERY
 from jaxdl.serving.app import create_app
+from jaxdl.serving.uploads import experiment_uploads
 
 # uvicorn answers 503 itself beyond this many open connections + tasks (memory stays bounded).
 DEFAULT_LIMIT_CONCURRENCY = 1024
+logger = logging.getLogger(__name__)
+
+
+def _drift_reference(experiment, inference, workdir: str, step: int) -> DriftReference | None:
+    """The workdir's drift reference (cached in it, see ``workdir_reference``); None, logged,
+    when it cannot be taken: the server then runs without drift gauges."""
+    try:
+        return workdir_reference(experiment, inference, workdir, step)
+    except UserError as error:
+        logger.warning("serving without drift monitoring: %s", error)
+        return None
 
 
 def experiment_app(experiment, state, workdir: str, **options: Any) -> FastAPI:
-    """``create_app`` over ``state``'s model of ``experiment``; ``options`` go to it."""
+    """``create_app`` over ``state``'s model of ``experiment``, taking the uploads its data
+    pipeline can read (``experiment_uploads``), with the drift reference of the workdir's
+    training split (unless ``drift_every=0``); ``options`` go to it."""
     inference = experiment_inference(experiment, state)
-    return create_app(inference, experiment_metadata(experiment, state, workdir), **options)
+    if options.get("drift_every", DEFAULT_EVERY) > 0 and "drift_reference" not in options:
+        step = int(state.step)
+        options["drift_reference"] = _drift_reference(experiment, inference, workdir, step)
+    meta = experiment_metadata(experiment, state, workdir)
+    return create_app(inference, meta, uploads=experiment_uploads(experiment, workdir), **options)
 
 
 def app_from_workdir(workdir: str, **options: Any) -> FastAPI:
