@@ -1,4 +1,4 @@
-"""Command line: ``jaxdl train|cv|evaluate|predict|export|quantize|serve|generate|...``.
+"""Command line: ``jaxdl train|cv|evaluate|predict|export|quantize|serve|drift|data-report|...``.
 
 ``jaxdl train --config experiments/digits_resnet.py[:arg] --workdir runs/x [--config.a.b=v ...]``
 Errors in what the user supplied (unknown key, wrong type, missing file, bad data, a changed config
@@ -94,6 +94,33 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--config", required=True, help="experiment file, optionally path:arg")
     cv.add_argument("--folds", required=True, type=_number(int, 2))
     cv.add_argument("--workdir", required=True, help="root: fold k trains into WORKDIR/fold_k")
+    data_report = commands.add_parser(
+        "data-report",
+        help="class counts, duplicates and leaks, unreadable records, likely label errors "
+        "(JSON + PNG)",
+        allow_abbrev=False,
+    )
+    data_report.add_argument("--config", required=True, help="experiment file, optionally path:arg")
+    data_report.add_argument("--out", required=True, help="directory for data_report.json + plots")
+    data_report.add_argument(
+        "--oof", help="`jaxdl cv` root of this config: label errors from out-of-fold predictions"
+    )
+    data_report.add_argument(
+        "--text-threshold",
+        type=_number(float, 0, 1, low_open=True),
+        default=0.8,
+        help="near-duplicate texts: character 3-gram Jaccard similarity at least this",
+    )
+    data_report.add_argument(
+        "--image-threshold",
+        type=_number(float, 0, 1, low_open=True),
+        default=0.98,
+        help="near-duplicate images: cosine similarity of centred 16x16 thumbnails at least this",
+    )
+    data_report.add_argument("--top", type=_number(int, 1), default=50, help="label errors listed")
+    data_report.add_argument(
+        "--max-listed", type=_number(int, 0), default=100, help="groups and pairs listed"
+    )
     sweep = commands.add_parser(
         "sweep",
         help="run a W&B sweep file locally (grid, random, bayes via optuna); re-run continues",
@@ -110,20 +137,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     export = commands.add_parser(
         "export",
-        help="export a run's best checkpoint (StableHLO or ONNX), verified against JAX",
+        help="export a run's best checkpoint (StableHLO, ONNX, SavedModel, TFLite), verified",
         allow_abbrev=False,
     )
     export.add_argument("--workdir", required=True)
-    export.add_argument("--format", required=True, choices=["stablehlo", "onnx"])
+    export.add_argument(
+        "--format", required=True, choices=["stablehlo", "onnx", "savedmodel", "tflite"]
+    )
     export.add_argument("--out", required=True, help="new directory for the graph and metadata")
     export.add_argument(
         "--platforms",
         type=_platforms,
-        help="stablehlo: comma-separated targets, e.g. cpu,cuda,tpu (default: this backend)",
+        help="stablehlo, savedmodel: comma-separated targets, e.g. cpu,cuda (default: backend)",
     )
     serve = commands.add_parser(
         "serve",
-        help="serve a run's best checkpoint over HTTP (JSON /predict, micro-batched)",
+        help="serve a run's best checkpoint over HTTP (JSON or file uploads, micro-batched)",
         allow_abbrev=False,
     )
     serve.add_argument("--workdir", required=True)
@@ -134,9 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-mb", type=_number(float, 0, low_open=True), default=16.0)
     serve.add_argument("--max-queue", type=_number(int, 1), default=256)
     serve.add_argument("--no-batching", action="store_true", help="one model call per request")
+    serve.add_argument(
+        "--drift-window", type=_number(int, 2), default=500, help="examples the drift gauges cover"
+    )
+    serve.add_argument(
+        "--drift-every", type=_number(int, 0), default=100, help="requests per update (0: off)"
+    )
     explain = commands.add_parser(
         "explain",
-        help="explain a run's predictions on a split's first examples (PNG overlays + JSON)",
+        help="explain a run's predictions on a split's first examples (PNG/HTML + JSON)",
         allow_abbrev=False,
     )
     explain.add_argument("--workdir", required=True)
@@ -153,6 +188,15 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--noise", type=_number(float, 0), default=0.15, help="smoothgrad std")
     explain.add_argument("--steps", type=_number(int, 1), default=64, help="integrated gradients")
     explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument(
+        "--inputs", help="text runs: a UTF-8 file of texts, one per line, instead of the split"
+    )
+    explain.add_argument(
+        "--baseline",
+        choices=["zero", "pad"],
+        default="zero",
+        help="text integrated gradients: the zero or the pad token's embedding",
+    )
     robustness = commands.add_parser(
         "robustness",
         help="accuracy of a run's best checkpoint under FGSM and PGD attacks",
@@ -181,15 +225,61 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--mode", required=True, choices=["dynamic", "static"])
     quantize.add_argument("--out", required=True, help="new directory for the int8 export")
     quantize.add_argument("--calibration-examples", type=_number(int, 1), default=256)
+    drift = commands.add_parser(
+        "drift",
+        help="input, prediction and embedding drift (PSI, KS, MMD) against a reference",
+        allow_abbrev=False,
+    )
+    drift_source = drift.add_mutually_exclusive_group(required=True)
+    drift_source.add_argument("--export", help="an export directory (`jaxdl export`)")
+    drift_source.add_argument("--workdir", help="a trained run (reference cached in it)")
+    drift.add_argument("inputs", nargs="*", help=".npy/.npz files of model inputs")
+    drift.add_argument("--split", choices=["train", "val", "test"], help="--workdir: a split")
+    drift.add_argument("--window", type=_number(int, 2), default=250, help="examples per window")
+    drift.add_argument("--permutations", type=_number(int, 1), default=200, help="MMD test")
+    drift.add_argument("--seed", type=int, default=0)
+    drift.add_argument("--out", help="report directory (default W/drift, else ./drift)")
     predict = commands.add_parser(
         "predict",
-        help="predictions of a run's best checkpoint for a split, with error analysis",
+        help="predictions of a run's best checkpoint for files or a split (with error analysis)",
         allow_abbrev=False,
     )
     predict.add_argument("--workdir", required=True)
-    predict.add_argument("--split", default="test", choices=["train", "val", "test"])
-    predict.add_argument("--out", help="CSV or JSONL file (default W/predictions_SPLIT.csv)")
+    predict.add_argument(
+        "inputs",
+        nargs="*",
+        help="image/audio files, folders (recursive, sorted) or, for text models, .csv files "
+        "(one text per row of --text-column) and .txt files (one text per line, blank lines "
+        "skipped); none: --split",
+    )
+    predict.add_argument(
+        "--split", choices=["train", "val", "test"], help="without INPUTS (default test)"
+    )
+    predict.add_argument(
+        "--out",
+        help="CSV or JSONL file (default W/predictions_SPLIT.csv, W/predictions_inputs.csv)",
+    )
     predict.add_argument("--batch-size", type=_number(int, 1), default=64)
+    predict.add_argument("--text-column", help="INPUTS' .csv files: the texts (default text)")
+    predict.add_argument(
+        "--on-error",
+        choices=["skip", "stop"],
+        default="skip",
+        help="INPUTS: an undecodable one gets an error row (skip) or ends the run (stop)",
+    )
+    uncertainty = commands.add_parser(
+        "uncertainty",
+        help="MC dropout (one run) or a deep ensemble (several): entropy, rejection curve",
+        allow_abbrev=False,
+    )
+    uncertainty.add_argument(
+        "--workdir", required=True, action="append", help="repeat for a deep ensemble"
+    )
+    uncertainty.add_argument("--mc-samples", type=_number(int, 1), help="one workdir: passes")
+    uncertainty.add_argument("--split", default="test", choices=["train", "val", "test"])
+    uncertainty.add_argument("--out", help="output directory (default W/uncertainty)")
+    uncertainty.add_argument("--seed", type=int, default=0, help="MC dropout masks")
+    uncertainty.add_argument("--batch-size", type=_number(int, 1), default=64)
     generate = commands.add_parser(
         "generate",
         help="continue a prompt with a trained language model's best checkpoint",
@@ -346,6 +436,24 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _data_report(args: argparse.Namespace, config) -> int:
+    """``jaxdl data-report``: writes data_report.json and its plots, prints a summary."""
+    from jaxdl.data_report import ReportOptions, format_summary, write_data_report
+
+    options = ReportOptions(
+        text_threshold=args.text_threshold,
+        image_threshold=args.image_threshold,
+        top=args.top,
+        max_listed=args.max_listed,
+    )
+    report = write_data_report(
+        config, args.out, oof_root=args.oof, restore=_restore_best_state, options=options
+    )
+    print(format_summary(report))
+    print(f"data_report.json and {', '.join(report['plots']) or 'no plots'} in {args.out}")
+    return 0
+
+
 def _cross_validate(args: argparse.Namespace, config) -> int:
     """``jaxdl cv``: trains the folds (resuming unfinished ones) and prints the summary."""
     from jaxdl.cross_validation import format_summary, run_cross_validation
@@ -379,8 +487,10 @@ def _export(args: argparse.Namespace, experiment) -> int:
 
 
 def _predict(args: argparse.Namespace, experiment) -> int:
-    """``jaxdl predict``: one row per example of the split (input order) with the prediction
-    and class probabilities; with labels, calibration/ROC/confusion analysis in W/analysis."""
+    """``jaxdl predict``: one row per input file/text or per example of the split (input order)
+    with the prediction and class probabilities; for a split with labels, calibration/ROC/
+    confusion analysis in W/analysis. Exit 1 when an input or example could not be read."""
+    from jaxdl.errors import UserError
     from jaxdl.export import experiment_inference
     from jaxdl.export.predictions import (
         analyze_classification,
@@ -388,6 +498,33 @@ def _predict(args: argparse.Namespace, experiment) -> int:
         write_predictions,
     )
 
+    if args.inputs:
+        from jaxdl.export.predict_inputs import expand_inputs, predict_inputs
+        from jaxdl.serving.uploads import TextUploads, experiment_uploads
+
+        if args.split:
+            raise UserError("give INPUTS or --split, not both")
+        uploads = experiment_uploads(experiment, args.workdir)
+        if uploads is None:
+            raise UserError(f"{args.workdir}'s model takes no files; use --split")
+        if args.text_column and not isinstance(uploads, TextUploads):
+            raise UserError("--text-column is for text models")
+        inputs = expand_inputs(args.inputs, uploads, args.text_column or "text")
+        inference = experiment_inference(experiment, _restore_best_state(experiment, args.workdir))
+        summary = predict_inputs(
+            inference,
+            uploads,
+            inputs,
+            args.out or os.path.join(args.workdir, "predictions_inputs.csv"),
+            experiment.data.info.get("class_names"),
+            args.batch_size,
+            args.on_error,
+        )
+        print(summary.line())
+        return 1 if summary.skipped else 0
+    if args.text_column or args.on_error != "skip":
+        raise UserError("--text-column and --on-error are for INPUTS")
+    args.split = args.split or "test"
     out = args.out or os.path.join(args.workdir, f"predictions_{args.split}.csv")
     state = _restore_best_state(experiment, args.workdir)
     inference = experiment_inference(experiment, state)
@@ -396,7 +533,8 @@ def _predict(args: argparse.Namespace, experiment) -> int:
     names = experiment.data.info.get("class_names")
     write_predictions(rows, out, names)
     analysis_dir = os.path.join(args.workdir, "analysis")
-    analysis = analyze_classification(rows, names, analysis_dir, args.split)
+    texts = (experiment.data.info.get("texts") or {}).get(args.split)
+    analysis = analyze_classification(rows, names, analysis_dir, args.split, source, texts)
     failed = sum("error" in row for row in rows)
     print(f"wrote {len(rows):,} predictions of the {args.split} split to {out}")
     if analysis:
@@ -466,17 +604,23 @@ def _quantize(args: argparse.Namespace, experiment) -> int:
 
 
 def _explain(args: argparse.Namespace, experiment) -> int:
-    """``jaxdl explain``: attribution or attention overlays of the split's first examples."""
+    """``jaxdl explain``: attributions or attention maps of the split's first examples (or, for
+    a text run, of the ``--inputs`` file's lines)."""
     from jaxdl.errors import UserError
     from jaxdl.explain import explain_experiment
 
     state = _restore_best_state(experiment, args.workdir)
-    tokenizer = None
-    if args.method == "attention":
+    try:
+        tokenizer = _workdir_tokenizer(args.workdir, experiment.data.info)
+    except UserError:
+        tokenizer = None  # an image run, or token ids label the tokens
+    texts = None
+    if args.inputs:
         try:
-            tokenizer = _workdir_tokenizer(args.workdir, experiment.data.info)
-        except UserError:
-            tokenizer = None  # token ids label the axes
+            with open(args.inputs, encoding="utf-8") as handle:
+                texts = handle.read().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"cannot read --inputs {args.inputs!r}: {error}") from None
     out = args.out or os.path.join(args.workdir, f"explain_{args.method}")
     report = explain_experiment(
         experiment,
@@ -491,9 +635,12 @@ def _explain(args: argparse.Namespace, experiment) -> int:
         steps=args.steps,
         seed=args.seed,
         tokenizer=tokenizer,
+        texts=texts,
+        baseline=args.baseline,
     )
+    source = f"texts in {args.inputs}" if texts is not None else f"{args.split} split"
     print(
-        f"wrote {len(report['examples'])} {args.method} overlays of the {args.split} split "
+        f"wrote {len(report['examples'])} {args.method} explanations of the {source} "
         f"and explanations.json to {out}"
     )
     return 0
@@ -518,6 +665,24 @@ def _robustness(args: argparse.Namespace, experiment) -> int:
     )
     print(robustness_table(report))
     print(f"report written to {out}")
+    return 0
+
+
+def _uncertainty(args: argparse.Namespace) -> int:
+    """``jaxdl uncertainty``: MC dropout over one workdir or a deep ensemble of several."""
+    from jaxdl.uncertainty import format_report, run_uncertainty
+
+    out = args.out or os.path.join(args.workdir[0], "uncertainty")
+    report = run_uncertainty(
+        args.workdir,
+        mc_samples=args.mc_samples,
+        split=args.split,
+        out_dir=out,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    print(format_report(report))
+    print(f"{report['method']}_{args.split}.json and plots in {out}")
     return 0
 
 
@@ -738,6 +903,12 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return _shardings(args, extra)
     if args.command == "data":
         return _convert(args, extra)
+    if args.command == "drift":
+        from jaxdl.monitoring.cli import drift_command
+
+        if extra:
+            raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+        return drift_command(args)
     if args.command == "speech-corpus":
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
@@ -746,6 +917,12 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         return _sweep(args)
+    if args.command == "uncertainty":
+        if extra:
+            raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+        return _uncertainty(args)
+    if args.command == "data-report":
+        return _data_report(args, load_config(args.config, extra))
     if args.command == "cv":
         return _cross_validate(args, load_config(args.config, extra))
     if args.command == "train":
@@ -791,6 +968,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
             max_body_bytes=int(args.max_body_mb * 2**20),
             max_queue=args.max_queue,
             batching=not args.no_batching,
+            drift_window=args.drift_window,
+            drift_every=args.drift_every,
         )
         return 0
     if args.command == "train":
