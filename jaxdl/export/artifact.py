@@ -8,11 +8,12 @@ runner over the directory that checks the inputs it is given against the recorde
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata as package_metadata
 from typing import Any
 
@@ -83,23 +84,52 @@ def export_model(
     written last and so marks a complete export; it returns entries for the metadata."""
     if fmt not in WRITERS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {sorted(WRITERS)}")
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise UserError(f"export directory {out_dir} exists and is not empty")
-    os.makedirs(out_dir, exist_ok=True)
-    graph_path = os.path.join(out_dir, FILENAMES[fmt])
+    with staged_directory(out_dir, "export directory") as staging:
+        return _write_export(inference, fmt, staging, sample, info, platforms, write_extras)
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir: str, what: str) -> Iterator[str]:
+    """Yields a staging directory (``OUT_DIR.partial``) that becomes ``out_dir`` only when the
+    block finishes, so a kill never leaves a half-written ``out_dir``. ``out_dir`` must be new or
+    empty (else a one-line ``UserError`` naming ``what``); the leftovers of a killed earlier run
+    (a stale ``.partial``) are removed first; on any error the staging directory is removed."""
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise UserError(f"{what} {out_dir} exists and is not empty")
+    staging = out_dir.rstrip(os.sep) + ".partial"
+    if os.path.exists(staging):
+        print(f"removing {staging}, left by an interrupted run", flush=True)
+        shutil.rmtree(staging)
+    os.makedirs(staging)
     try:
-        if fmt in PLATFORM_FORMATS:
-            WRITERS[fmt](inference, graph_path, platforms)
-        else:
-            WRITERS[fmt](inference, graph_path)
-        runner = LOADERS[fmt](graph_path, inference.input_names, inference.output_names)
-        errors = max_abs_errors(inference(sample), runner(sample))
+        yield staging
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above); rename does not replace a directory
+        os.rename(staging, out_dir)
     except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_export(
+    inference: InferenceFunction,
+    fmt: str,
+    out_dir: str,
+    sample: Mapping[str, np.ndarray],
+    info: Mapping[str, Any],
+    platforms: Sequence[str] | None,
+    write_extras: Callable[[str], Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """``export_model``'s body, writing into the (staging) directory ``out_dir``."""
+    graph_path = os.path.join(out_dir, FILENAMES[fmt])
+    if fmt in PLATFORM_FORMATS:
+        WRITERS[fmt](inference, graph_path, platforms)
+    else:
+        WRITERS[fmt](inference, graph_path)
+    runner = LOADERS[fmt](graph_path, inference.input_names, inference.output_names)
+    errors = max_abs_errors(inference(sample), runner(sample))
     worst = max(errors.values(), default=0.0)
     if not worst <= TOLERANCE:
-        shutil.rmtree(out_dir, ignore_errors=True)
         raise ExportMismatchError(
             f"{fmt} export differs from the JAX model by {worst:.3g} (> {TOLERANCE}) on "
             f"{len(next(iter(sample.values())))} examples: {errors}; nothing was written"
@@ -124,11 +154,7 @@ def export_model(
     if fmt in PLATFORM_FORMATS:
         meta["platforms"] = list(platforms or [])
     if write_extras is not None:
-        try:
-            meta.update(write_extras(out_dir))
-        except BaseException:
-            shutil.rmtree(out_dir, ignore_errors=True)
-            raise
+        meta.update(write_extras(out_dir))
     with open(os.path.join(out_dir, METADATA_FILENAME), "w") as handle:
         json.dump(meta, handle, indent=2)
     return meta

@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from jaxdl.errors import UserError
-from jaxdl.export.artifact import METADATA_FILENAME, load_exported, read_metadata
+from jaxdl.export.artifact import (
+    METADATA_FILENAME,
+    load_exported,
+    read_metadata,
+    staged_directory,
+)
 
 MODES = ("dynamic", "static")
 
@@ -46,9 +51,6 @@ def quantize_export(
     """Writes an int8 copy of the ONNX export ``export_dir`` to the new ``out_dir``;
     ``calibration`` (input batches, e.g. from the training split) calibrates static ranges and
     measures top-1 agreement with float32. Returns the new metadata."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if mode not in MODES:
         raise UserError(f"unknown quantisation mode {mode!r}; choose one of {list(MODES)}")
     meta = read_metadata(export_dir)
@@ -58,48 +60,56 @@ def quantize_export(
         raise UserError(f"{export_dir} is already quantised ({meta['quantization']['mode']})")
     if not calibration:
         raise UserError("quantisation needs at least one calibration batch")
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise UserError(f"quantised export directory {out_dir} exists and is not empty")
-    os.makedirs(out_dir, exist_ok=True)
+    with staged_directory(out_dir, "quantised export directory") as staging:
+        return _write_quantized(export_dir, staging, meta, mode, calibration)
+
+
+def _write_quantized(
+    export_dir: str,
+    out_dir: str,
+    meta: dict[str, Any],
+    mode: str,
+    calibration: list[Mapping[str, np.ndarray]],
+) -> dict[str, Any]:
+    """``quantize_export``'s body, writing into the (staging) directory ``out_dir``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     source = os.path.join(export_dir, meta["graph"])
     target = os.path.join(out_dir, meta["graph"])
-    try:
-        prepared = os.path.join(out_dir, "preprocessed.onnx")
-        # Graph folding and ONNX shape inference, as ORT advises; its symbolic shape inference
-        # fails on the concatenations of portable max-pool padding, and is not needed.
-        quant_pre_process(source, prepared, skip_symbolic_shape=True)
-        if mode == "dynamic":
-            quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
-        else:
-            quantize_static(
-                prepared,
-                target,
-                _Batches(calibration),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-            )
-        os.remove(prepared)
-        for name in os.listdir(export_dir):  # tokenizer and anything else beside the graph
-            if name not in (meta["graph"], METADATA_FILENAME):
-                shutil.copy2(os.path.join(export_dir, name), os.path.join(out_dir, name))
-        quantized = {
-            **meta,
-            "quantization": {
-                "mode": mode,
-                "calibration_examples": int(sum(len(next(iter(b.values()))) for b in calibration)),
-                "source": os.path.abspath(export_dir),
-            },
-        }
-        with open(os.path.join(out_dir, METADATA_FILENAME), "w") as handle:
-            json.dump(quantized, handle, indent=2)
-        quantized["quantization"]["top1_agreement"] = top1_agreement(
-            load_exported(export_dir), load_exported(out_dir), calibration
+    prepared = os.path.join(out_dir, "preprocessed.onnx")
+    # Graph folding and ONNX shape inference, as ORT advises; its symbolic shape inference
+    # fails on the concatenations of portable max-pool padding, and is not needed.
+    quant_pre_process(source, prepared, skip_symbolic_shape=True)
+    if mode == "dynamic":
+        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+    else:
+        quantize_static(
+            prepared,
+            target,
+            _Batches(calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
         )
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    os.remove(prepared)
+    for name in os.listdir(export_dir):  # tokenizer and anything else beside the graph
+        if name not in (meta["graph"], METADATA_FILENAME):
+            shutil.copy2(os.path.join(export_dir, name), os.path.join(out_dir, name))
+    quantized = {
+        **meta,
+        "quantization": {
+            "mode": mode,
+            "calibration_examples": int(sum(len(next(iter(b.values()))) for b in calibration)),
+            "source": os.path.abspath(export_dir),
+        },
+    }
+    with open(os.path.join(out_dir, METADATA_FILENAME), "w") as handle:
+        json.dump(quantized, handle, indent=2)
+    quantized["quantization"]["top1_agreement"] = top1_agreement(
+        load_exported(export_dir), load_exported(out_dir), calibration
+    )
     with open(os.path.join(out_dir, METADATA_FILENAME), "w") as handle:
         json.dump(quantized, handle, indent=2)
     return quantized
