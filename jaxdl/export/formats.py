@@ -16,6 +16,7 @@ export's metadata.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -106,12 +107,22 @@ def _drop_stale_shapes(path: str) -> None:
     """Removes the intermediate shape annotations of an ONNX file. jax2onnx 0.17.1's transpose
     folding moves Conv → BatchNorm → Relu chains to NCHW but keeps their NHWC annotations, which
     onnxruntime's shape inference then rejects ("Incompatible dimensions"); without them it
-    infers the shapes itself. Inputs and outputs keep their declared shapes."""
+    infers the shapes itself. Inputs and outputs keep their declared shapes. The graph is saved with
+its weights inline (jax2onnx moves tensors of 1 MB or more to a ``.data`` file, removed here)."""
     import onnx
 
+    stored = onnx.load(path, load_external_data=False)
+    external = {
+        entry.value
+        for tensor in stored.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
     model = onnx.load(path)
     del model.graph.value_info[:]
-    onnx.save(model, path)
+    onnx.save(model, path)  # inline: the external data file jax2onnx wrote is now unused
+    for name in external:
+        os.remove(os.path.join(os.path.dirname(path), name))
 
 
 def load_onnx(path: str, input_names: Sequence[str], output_names: Sequence[str]) -> Runner:
