@@ -107,8 +107,9 @@ def _drop_stale_shapes(path: str) -> None:
     """Removes the intermediate shape annotations of an ONNX file. jax2onnx 0.17.1's transpose
     folding moves Conv → BatchNorm → Relu chains to NCHW but keeps their NHWC annotations, which
     onnxruntime's shape inference then rejects ("Incompatible dimensions"); without them it
-    infers the shapes itself. Inputs and outputs keep their declared shapes. The graph is saved with
-its weights inline (jax2onnx moves tensors of 1 MB or more to a ``.data`` file, removed here)."""
+    infers the shapes itself. Inputs and outputs keep their declared shapes. The graph is saved
+    with its weights inline (jax2onnx moves tensors of 1 MB or more to a ``.data`` file, which is
+    removed here)."""
     import onnx
 
     stored = onnx.load(path, load_external_data=False)
