@@ -348,6 +348,18 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--config", required=True, help="experiment file, optionally path:arg")
     convert.add_argument("--out", required=True, help="new directory for the shards")
     convert.add_argument("--shards", type=int, help="number of shard files (default ~50k/shard)")
+    import_weights = commands.add_parser(
+        "import-weights",
+        help="convert a torchvision .pth state_dict into a checkpoint `train` starts from",
+        allow_abbrev=False,
+    )
+    import_weights.add_argument("--from", dest="source", required=True, choices=["torchvision"])
+    import_weights.add_argument("--model", required=True, help="e.g. resnet50")
+    import_weights.add_argument("--weights", required=True, help="the .pth state_dict file")
+    import_weights.add_argument("--out", required=True, help="new directory (init.from_workdir)")
+    import_weights.add_argument(
+        "--num-classes", type=int, help="a new head of this size (left out, reinitialised)"
+    )
     launch = commands.add_parser(
         "launch",
         help="the commands that run `jaxdl train` on a TPU pod slice or with SLURM (--dry-run)",
@@ -687,22 +699,10 @@ def _uncertainty(args: argparse.Namespace) -> int:
 
 
 def _restore_best_state(experiment, workdir: str):
-    """The best (else latest) checkpoint of ``workdir`` as a train state on the experiment's
-    mesh."""
-    from jaxdl.checkpoint import abstract_like
-    from jaxdl.train import Trainer
+    """The best (else latest) checkpoint of ``workdir`` (``restore_trained_state``)."""
+    from jaxdl.train.restore import restore_trained_state
 
-    trainer = Trainer(experiment, workdir, quiet=True)
-    try:
-        checkpointer, abstract = trainer.checkpointer, abstract_like(trainer.state)
-        if checkpointer.best_step() is not None:
-            state, _ = checkpointer.restore_best(abstract)
-        else:
-            state, _ = checkpointer.restore_latest(abstract)
-        checkpointer.close()
-    finally:
-        trainer.release()
-    return state
+    return restore_trained_state(experiment, workdir)
 
 
 def _transcribe(args: argparse.Namespace, experiment) -> int:
@@ -889,6 +889,16 @@ def trained_workdir_config(workdir: str):
     return config
 
 
+def _import_weights(args: argparse.Namespace) -> int:
+    """``import-weights``: writes ``--out`` and prints how to train from it."""
+    from jaxdl.models.torchvision_import import import_torchvision
+
+    metadata = import_torchvision(args.model, args.weights, args.out, num_classes=args.num_classes)
+    reinit = f" --config.init.reinit=('{metadata['reinit'][0]}',)" if metadata["reinit"] else ""
+    print(f"wrote {args.out}; train with --config.init.from_workdir={args.out}{reinit}")
+    return 0
+
+
 def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from jaxdl.config import load_config
     from jaxdl.errors import UserError
@@ -899,6 +909,10 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return launch_main(args, extra)
     if args.command == "compile":
         return _compile(args, extra)
+    if args.command == "import-weights":
+        if extra:
+            raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+        return _import_weights(args)
     if args.command == "shardings":
         return _shardings(args, extra)
     if args.command == "data":

@@ -78,6 +78,20 @@ def init(take: tuple[str, ...] = ("params/*", "batch_stats/*")) -> ml_collection
     return section
 
 
+def transfer() -> ml_collections.ConfigDict:
+    """Transfer learning (``jaxdl.optim.transfer``): ``trainable_stages`` None fine-tunes all
+    layers, 0 freezes the backbone (feature extraction), N trains the last N stages; the head
+    (``head``: top-level modules) always trains; ``backbone_lr_scale`` multiplies the trainable
+    backbone's learning rate; ``freeze_batch_norm`` keeps BatchNorm running statistics as
+    loaded (no update)."""
+    section = ml_collections.ConfigDict()
+    section.trainable_stages = config_dict.placeholder(int)
+    section.backbone_lr_scale = 1.0
+    section.freeze_batch_norm = False
+    section.head = ("head",)
+    return section
+
+
 def early_stopping(monitor: str, mode: str) -> ml_collections.ConfigDict:
     """As Keras' ``EarlyStopping``: stop at the ``patience``-th consecutive evaluation without an
     improvement of more than ``min_delta`` (None: never stop early); evaluations in the first

@@ -26,6 +26,7 @@ from jaxdl.errors import ConfigError
 from jaxdl.models import available_models, get_model
 from jaxdl.models.registry import model_hyperparameters
 from jaxdl.optim import build_optimizer, build_schedule
+from jaxdl.optim.transfer import with_transfer
 from jaxdl.parallel import batch_sharding, is_main_process, mesh_from_config
 from jaxdl.parallel.gradients import gradient_reduction
 from jaxdl.parallel.rules import Rules, rules_with_overrides
@@ -181,6 +182,9 @@ def build_experiment(
         ),
     )
     optimizer = _as_config_error("optimizer", lambda: build_optimizer(config.optimizer, schedule))
+    optimizer = _as_config_error(
+        "transfer", lambda: with_transfer(optimizer, config.get("transfer"))
+    )
     rules = _as_config_error("mesh", lambda: rules_with_overrides(config.mesh.get("rules")))
     abstract_state, shardings, initialize = sharded_state_initializer(
         model, optimizer, lambda: task.init_inputs(global_batch), mesh, rules
@@ -232,6 +236,7 @@ def build_experiment(
                 microbatches=microbatches,
                 skip_nonfinite=config.train.get("on_nonfinite", "stop") != "stop",
                 reduction=reduction,
+                freeze_batch_stats=bool(config.get("transfer", {}).get("freeze_batch_norm")),
             ),
             mesh,
             shardings,

@@ -68,7 +68,7 @@ def test_a_task_that_does_not_fit_the_data_is_a_data_error():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("--config.task.name=segmentation", "unknown task.name 'segmentation'"),
+        ("--config.task.name=detection", "unknown task.name 'detection'"),
         ("--config.data.name=nope", "unknown data.name 'nope'"),
         ("--config.model.depth=7", "model: "),
         ("--config.schedule.name=linear", "schedule: unknown schedule name"),

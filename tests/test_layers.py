@@ -241,6 +241,15 @@ TRAIN_AWARE_LAYERS = {
     "MultiHeadAttention",
     "TransformerBlock",
     "TransformerStack",
+    # The vision zoo's blocks (issue 18): BatchNorm, dropout or stochastic depth inside.
+    "ConvNormAct",
+    "DenseBlock",
+    "DenseLayer",
+    "DoubleConv",
+    "InvertedResidual",
+    "MBConv",
+    "StochasticDepth",
+    "Transition",
 }
 
 

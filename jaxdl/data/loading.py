@@ -28,6 +28,7 @@ from jaxdl.data.image_sources import HFImageSource, ImageFolderSource
 from jaxdl.data.imbalance import apply_train_options
 from jaxdl.data.packing import PackedRows, estimate_rows, sample_unigram_counts
 from jaxdl.data.records import ArraySource, DataSplits, RecordError, RecordSource
+from jaxdl.data.segmentation import SEGMENTATION_SPLIT_LOADERS
 from jaxdl.data.sources import ArrayDataset, get_dataset, load_digits_dataset
 from jaxdl.data.speech import SPEECH_SPLIT_LOADERS
 from jaxdl.data.split import stratified_split
@@ -46,8 +47,9 @@ from jaxdl.data.views import StandardizedImages, SubsetSource, sample_channel_st
 from jaxdl.errors import ConfigError, DataError, UserError
 
 IN_MEMORY_IMAGE_DATASETS = ("digits",)
-# Datasets whose loader returns its own splits (text corpora with frozen splits, speech manifests).
-SPLIT_LOADERS = {**TEXT_SPLIT_LOADERS, **SPEECH_SPLIT_LOADERS}
+# Datasets whose loader returns its own splits (text corpora with frozen splits, speech manifests,
+# segmentation scenes composed per split).
+SPLIT_LOADERS = {**TEXT_SPLIT_LOADERS, **SPEECH_SPLIT_LOADERS, **SEGMENTATION_SPLIT_LOADERS}
 
 
 def _digits_pool() -> tuple[RecordSource, dict]:

@@ -34,6 +34,8 @@ from jaxdl.layers.conv import (
     he_normal_fan_out,
 )
 from jaxdl.layers.dense import Dense, classifier_head
+from jaxdl.layers.dense_blocks import DenseBlock, DenseLayer, Transition
+from jaxdl.layers.efficient import MBConv, StochasticDepth
 from jaxdl.layers.embeddings import (
     Embed,
     LearnedPositionEmbedding,
@@ -42,11 +44,20 @@ from jaxdl.layers.embeddings import (
     sinusoidal_positions,
 )
 from jaxdl.layers.mlp import MlpBlock
+from jaxdl.layers.mobile import (
+    ConvNormAct,
+    InvertedResidual,
+    SqueezeExcite,
+    hard_sigmoid,
+    hard_swish,
+    make_divisible,
+)
 from jaxdl.layers.normalization import NORM_KINDS, GroupNorm, Identity, make_norm
 from jaxdl.layers.pooling import max_pool
 from jaxdl.layers.resnet_blocks import BasicBlock, Bottleneck
 from jaxdl.layers.rnn import RNN_CELLS, RecurrentEncoder, RecurrentState
 from jaxdl.layers.transformer import TransformerBlock, TransformerStack
+from jaxdl.layers.unet_blocks import DoubleConv, UpConv
 from jaxdl.layers.validation import check_image_batch
 
 __all__ = [
@@ -61,10 +72,17 @@ __all__ = [
     "ConformerConvModule",
     "ConformerFeedForward",
     "Conv",
+    "ConvNormAct",
     "ConvSubsampling",
     "CrossAttention",
     "DepthwiseConv1D",
     "Dense",
+    "DenseBlock",
+    "DenseLayer",
+    "MBConv",
+    "StochasticDepth",
+    "Transition",
+    "DoubleConv",
     "classifier_head",
     "conv2d",
     "conv_output_lengths",
@@ -72,6 +90,7 @@ __all__ = [
     "Embed",
     "GroupNorm",
     "Identity",
+    "InvertedResidual",
     "LearnedPositionEmbedding",
     "MaskedBatchNorm",
     "MlpBlock",
@@ -80,13 +99,18 @@ __all__ = [
     "RecurrentState",
     "RelativePositionAttention",
     "SinusoidalPositionEmbedding",
+    "SqueezeExcite",
     "apply_rotary",
     "TransformerBlock",
     "TransformerStack",
+    "UpConv",
     "check_image_batch",
     "dropout_attention",
+    "hard_sigmoid",
+    "hard_swish",
     "he_normal_fan_out",
     "lengths_to_mask",
+    "make_divisible",
     "make_norm",
     "max_pool",
     "rel_shift",

@@ -5,6 +5,7 @@ The blocks (BasicBlock, Bottleneck, TransformerBlock, TransformerStack) are defi
 """
 
 from jaxdl.layers import BasicBlock, Bottleneck, TransformerBlock, TransformerStack
+from jaxdl.models.alexnet import AlexNet
 from jaxdl.models.cnn import VGG, LeNet5
 from jaxdl.models.ctc_decoding import (
     CharNgramLM,
@@ -12,13 +13,18 @@ from jaxdl.models.ctc_decoding import (
     ctc_greedy_decode,
     ctc_prefix_beam_search,
 )
+from jaxdl.models.densenet import DenseNet
+from jaxdl.models.efficientnet import EfficientNet
+from jaxdl.models.mobilenet import MobileNetV2, MobileNetV3
 from jaxdl.models.registry import available_models, get_model, register_model
 from jaxdl.models.resnet import ResNet
 from jaxdl.models.rnn import RNNClassifier
 from jaxdl.models.speech import CRNNCTC, BiLSTMCTC, ConformerCTC
 from jaxdl.models.transformer import TransformerClassifier, TransformerLM, TransformerMaskedLM
+from jaxdl.models.unet import UNet
 
 __all__ = [
+    "AlexNet",
     "CRNNCTC",
     "VGG",
     "BasicBlock",
@@ -26,7 +32,11 @@ __all__ = [
     "Bottleneck",
     "CharNgramLM",
     "ConformerCTC",
+    "DenseNet",
+    "EfficientNet",
     "LeNet5",
+    "MobileNetV2",
+    "MobileNetV3",
     "RNNClassifier",
     "ResNet",
     "TransformerBlock",
@@ -34,6 +44,7 @@ __all__ = [
     "TransformerLM",
     "TransformerMaskedLM",
     "TransformerStack",
+    "UNet",
     "available_models",
     "beam_search_batch",
     "ctc_greedy_decode",

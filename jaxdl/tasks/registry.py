@@ -17,6 +17,7 @@ from jaxdl.tasks.classification import ImageClassification, SequenceClassificati
 from jaxdl.tasks.ctc import CTCSpeechRecognition
 from jaxdl.tasks.language_modeling import LanguageModeling
 from jaxdl.tasks.masked_lm import MaskedLanguageModeling
+from jaxdl.tasks.segmentation import SemanticSegmentation
 
 TaskBuilder = Callable[[ml_collections.ConfigDict, DataSplits, ml_collections.ConfigDict], Task]
 
@@ -141,6 +142,28 @@ def _train_labels(data: DataSplits) -> np.ndarray:
     if labels is None:
         labels = np.asarray([int(data.train[i]["labels"]) for i in range(len(data.train))])
     return labels.astype(np.int64)
+
+
+@register_task("segmentation")
+def _segmentation(task_config, data, config) -> Task:
+    """Per-pixel labels [H, W] of the data's classes; ``task.dice_weight`` adds soft Dice,
+    ``task.max_shift`` / ``task.flip_left_right`` augment image and mask jointly (the image
+    padded with the standardised value of a black pixel)."""
+    del config
+    names = _class_names(data)
+    if not names:
+        raise DataError("task 'segmentation' needs data with num_classes or class_names")
+    return _classification(
+        SemanticSegmentation,
+        input_shape=_first(data, "inputs", "segmentation").shape,
+        num_classes=len(names),
+        class_names=names,
+        dice_weight=float(task_config.get("dice_weight", 0.0)),
+        max_shift=int(task_config.get("max_shift", 0)),
+        flip_left_right=bool(task_config.get("flip_left_right", False)),
+        fill=-np.asarray(data.info.get("channel_mean", 0.0), np.float32)
+        / np.asarray(data.info.get("channel_std", 1.0), np.float32),
+    )
 
 
 @register_task("language_modeling")

@@ -52,6 +52,7 @@ def make_train_step(
     microbatches: int = 1,
     skip_nonfinite: bool = False,
     reduction: GradientReduction | None = None,
+    freeze_batch_stats: bool = False,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A train step for ``task`` (default: classification of ``inputs`` by ``labels``).
 
@@ -75,6 +76,10 @@ def make_train_step(
     ``reduction`` is the hook that sums gradients over data-parallel devices
     (``jaxdl.parallel.gradients``; ``gradient_reduction(mesh, ...)`` picks it for a mesh). The
     default leaves the reductions to XLA, which is what one device needs.
+
+    ``freeze_batch_stats`` (``transfer.freeze_batch_norm``) keeps BatchNorm's running statistics
+    as they are: the step's batch statistics still normalise the forward pass, but none is
+    stored.
     """
     task = task or ImageClassification()
     if microbatches < 1:
@@ -144,7 +149,9 @@ def make_train_step(
             step=state.step + 1,
             params=keep(state.params, optax.apply_updates(state.params, updates)),
             opt_state=keep(state.opt_state, opt_state),
-            batch_stats=keep(state.batch_stats, batch_stats),
+            batch_stats=state.batch_stats
+            if freeze_batch_stats
+            else keep(state.batch_stats, batch_stats),
         )
         return new_state, {**metrics, "grad_norm": grad_norm, "nonfinite": nonfinite}
 

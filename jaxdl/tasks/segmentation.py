@@ -1,0 +1,237 @@
+"""Semantic segmentation: images ``inputs`` [H, W, C] and per-pixel class ``labels`` [H, W].
+
+Training batches may be shifted (``max_shift``) and flipped jointly with their masks on device.
+
+Trains with per-pixel cross-entropy plus, with ``dice_weight`` > 0, the soft Dice loss
+(``1 - mean_c dice_c`` over the batch, Milletari et al. 2016). Evaluation sums a pixel confusion
+matrix over the split (exact across batches and hosts), from which pixel accuracy, per-class IoU
+``tp / (tp + fp + fn)``, mIoU and Dice ``2 tp / (2 tp + fp + fn)`` follow; classes absent from both
+labels and predictions are left out of the means (their IoU is NaN in the per-class report).
+Plots: per-class IoU bars after each evaluation, and ``plot_mask_overlays`` for predicted masks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from jaxdl.data.segmentation import joint_shift_flip
+from jaxdl.metrics import confusion_matrix
+from jaxdl.tasks.base import EXAMPLE_MASK, Batch, BatchSpec, Field, Forward, Task
+
+
+def soft_dice_loss(logits: jax.Array, labels: jax.Array, eps: float = 1.0) -> jax.Array:
+    """``1 - mean_c (2 sum p_c y_c + eps) / (sum p_c + sum y_c + eps)`` over a batch's pixels
+    (float32 scalar); ``logits`` [..., C], ``labels`` int [...]."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    axes = tuple(range(probs.ndim - 1))
+    overlap = jnp.sum(probs * targets, axis=axes)
+    total = jnp.sum(probs, axis=axes) + jnp.sum(targets, axis=axes)
+    return 1.0 - jnp.mean((2.0 * overlap + eps) / (total + eps))
+
+
+def segmentation_metrics(
+    confusion: np.ndarray, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Pixel accuracy, per-class IoU and Dice, mIoU and mean Dice from a [C, C] confusion matrix
+    (rows true, columns predicted)."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = np.diag(confusion)
+    fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
+    present = (tp + fp + fn) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(present, tp / (tp + fp + fn), np.nan)
+        dice = np.where(present, 2 * tp / (2 * tp + fp + fn), np.nan)
+    names = list(class_names) if class_names else [str(c) for c in range(len(tp))]
+    return {
+        "pixel_accuracy": float(tp.sum() / max(confusion.sum(), 1.0)),
+        "miou": float(np.nanmean(iou)) if present.any() else 0.0,
+        "mean_dice": float(np.nanmean(dice)) if present.any() else 0.0,
+        "per_class_iou": {n: float(v) for n, v in zip(names, iou, strict=True)},
+        "per_class_dice": {n: float(v) for n, v in zip(names, dice, strict=True)},
+        "confusion_matrix": confusion.astype(np.int64).tolist(),
+    }
+
+
+class SemanticSegmentation(Task):
+    """Per-pixel classification; the model maps [B, H, W, C] to logits [B, H, W, classes]."""
+
+    name = "segmentation"
+    default_monitor = ("val_miou", "max")
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        dice_weight: float = 0.0,
+        max_shift: int = 0,
+        flip_left_right: bool = False,
+        fill: float | Sequence[float] = 0.0,
+    ):
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape must be [H, W, C], got {tuple(input_shape)}")
+        if not np.isfinite(dice_weight) or dice_weight < 0:
+            raise ValueError(f"dice_weight must be a finite number >= 0, got {dice_weight}")
+        if max_shift < 0 or max_shift >= min(input_shape[:2]):
+            raise ValueError(f"max_shift must be in [0, image size), got {max_shift}")
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.dice_weight = float(dice_weight)
+        self.max_shift, self.flip_left_right = int(max_shift), bool(flip_left_right)
+        self.fill = np.asarray(fill, np.float32)
+
+    def batch_spec(self) -> BatchSpec:
+        return {
+            "inputs": Field(np.float32, self.input_shape),
+            "labels": Field(np.int32, self.input_shape[:2]),
+        }
+
+    def model_inputs(self, batch: Batch) -> tuple[tuple, dict]:
+        return (batch["inputs"],), {}
+
+    def prepare_train_batch(self, key: jax.Array, batch: Batch) -> Batch:
+        """Joint image + mask shift (``max_shift``) and horizontal flip, on device."""
+        if not (self.max_shift or self.flip_left_right):
+            return batch
+        images, masks = joint_shift_flip(
+            key, batch["inputs"], batch["labels"], self.max_shift, self.flip_left_right, self.fill
+        )
+        return {**batch, "inputs": images, "labels": masks}
+
+    def loss(self, forward: Forward, batch: Batch):
+        args, kwargs = self.model_inputs(batch)
+        logits = forward(*args, **kwargs)
+        labels = batch["labels"]
+        loss = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), labels
+        ).mean()
+        if self.dice_weight:
+            loss = loss + self.dice_weight * soft_dice_loss(logits, labels)
+        return loss, {"pixel_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+    def eval_sums(self, forward: Forward, batch: Batch) -> dict[str, jax.Array]:
+        args, kwargs = self.model_inputs(batch)
+        logits = forward(*args, **kwargs)
+        labels = batch["labels"]
+        mask = batch[EXAMPLE_MASK].astype(jnp.float32)
+        per_example = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), labels
+        ).mean(axis=(1, 2))
+        pixel_mask = jnp.broadcast_to(mask[:, None, None], labels.shape)
+        predictions = jnp.argmax(logits, -1)
+        return {  # plain cross-entropy: comparable across dice weights
+            "loss_sum": jnp.sum(per_example * mask),
+            "count": jnp.sum(mask),
+            "confusion": confusion_matrix(labels, predictions, logits.shape[-1], mask=pixel_mask),
+        }
+
+    def summarize(self, sums: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        count = max(float(sums["count"]), 1.0)
+        metrics = segmentation_metrics(np.asarray(sums["confusion"]), self.class_names)
+        return {"loss": float(sums["loss_sum"]) / count, **metrics}
+
+    def predict(self, forward: Forward, inputs: Batch) -> jax.Array:
+        args, kwargs = self.model_inputs(inputs)
+        return jnp.argmax(forward(*args, **kwargs), -1)
+
+    def input_spec(self) -> BatchSpec:
+        return {"inputs": self.batch_spec()["inputs"]}
+
+    def serving_outputs(self, forward: Forward, inputs: Batch) -> dict[str, jax.Array]:
+        """``logits`` [B, H, W, classes] (float32) and the per-pixel class ``mask`` [B, H, W]."""
+        args, kwargs = self.model_inputs(inputs)
+        logits = forward(*args, **kwargs).astype(jnp.float32)
+        return {"logits": logits, "mask": jnp.argmax(logits, -1)}
+
+    def summary_rows(self, results: Mapping[str, Any]) -> list[tuple[str, str]]:
+        return [
+            ("loss", f"{results['loss']:.4f}"),
+            ("pixel accuracy", f"{results['pixel_accuracy']:.4f}"),
+            ("mIoU", f"{results['miou']:.4f}"),
+            ("mean Dice", f"{results['mean_dice']:.4f}"),
+        ]
+
+    def write_plots(self, results: Mapping[str, Any], plots_dir: str, suffix: str) -> None:
+        plot_per_class_iou(
+            results["per_class_iou"], os.path.join(plots_dir, f"per_class_iou{suffix}.png")
+        )
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, Any]:
+    """A pyplot-free figure on the Agg canvas (safe in threads and without a display)."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, ncols, squeeze=False)[0]
+
+
+def plot_per_class_iou(per_class_iou: Mapping[str, float], path: str | os.PathLike) -> Path:
+    """A bar chart PNG of each class's IoU (absent classes, NaN, drawn empty)."""
+    names, values = list(per_class_iou), np.nan_to_num(list(per_class_iou.values()))
+    figure, (axes,) = _figure(max(4.0, 0.5 * len(names) + 2), 3.5)
+    axes.bar(range(len(names)), values)
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("IoU")
+    return _save(figure, path)
+
+
+def plot_mask_overlays(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    num_classes: int,
+    path: str | os.PathLike,
+    alpha: float = 0.5,
+) -> Path:
+    """A PNG with one row per image [N, H, W, C]: the image, the true mask and the predicted mask
+    ([N, H, W] class ids) overlaid on it (class 0, the background, left transparent)."""
+    colors = np.concatenate([[[0, 0, 0, 0]], _class_colors(num_classes - 1)])
+    count = len(images)
+    figure = Figure(figsize=(7.5, 2.5 * count), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(count, 3, squeeze=False)
+    for row, (image, label, prediction) in enumerate(zip(images, labels, predictions, strict=True)):
+        gray = np.asarray(image, np.float32).mean(-1)
+        for column, (title, mask) in enumerate(
+            (("image", None), ("true mask", label), ("predicted", prediction))
+        ):
+            axes = grid[row, column]
+            axes.imshow(gray, cmap="gray")
+            if mask is not None:
+                overlay = colors[np.asarray(mask)].copy()
+                overlay[..., 3] *= alpha
+                axes.imshow(overlay, interpolation="nearest")
+            axes.set_title(title)
+            axes.axis("off")
+    return _save(figure, path)
+
+
+def _class_colors(count: int) -> np.ndarray:
+    """``count`` distinct opaque RGBA colours (matplotlib's tab20)."""
+    return colormaps["tab20"](np.arange(count) % 20)
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> Path:
+    """Writes ``figure`` as PNG (creating parent directories) and releases it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        figure.savefig(path, format="png", dpi=100)
+    finally:
+        figure.clear()
+    return path
