@@ -532,6 +532,7 @@ def _train_classifier(mesh, batches):
     return shardings, losses
 
 
+@pytest.mark.slow  # CI: test_train_sharding trains this classifier under DP, FSDP and FSDPxTP
 def test_sharded_classifier_training_matches_single_device():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 16, size=(2, 8))
