@@ -11,15 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-
-def _save(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        figure.clear()
-    return path
+from jaxdl.metrics.plots import _save_png
 
 
 def plot_class_counts(
@@ -40,7 +32,7 @@ def plot_class_counts(
     axes.set_ylabel("examples")
     axes.set_title("class counts per split")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(figure, path)
+    return _save_png(figure, path)
 
 
 def _displayable(pixels: np.ndarray) -> np.ndarray:
@@ -66,4 +58,4 @@ def plot_gallery(
         ax.imshow(_displayable(image), cmap="gray", interpolation="nearest")
         ax.set_title(caption, fontsize=8)
     figure.suptitle(title)
-    return _save(figure, path)
+    return _save_png(figure, path)

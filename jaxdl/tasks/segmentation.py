@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from jaxdl.data.segmentation import joint_shift_flip
 from jaxdl.metrics import confusion_matrix
+from jaxdl.metrics.plots import _save_png
 from jaxdl.tasks.base import EXAMPLE_MASK, Batch, BatchSpec, Field, Forward, Task
 
 
@@ -187,7 +188,7 @@ def plot_per_class_iou(per_class_iou: Mapping[str, float], path: str | os.PathLi
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set_ylim(0, 1)
     axes.set_ylabel("IoU")
-    return _save(figure, path)
+    return _save_png(figure, path)
 
 
 def plot_mask_overlays(
@@ -218,20 +219,9 @@ def plot_mask_overlays(
                 axes.imshow(overlay, interpolation="nearest")
             axes.set_title(title)
             axes.axis("off")
-    return _save(figure, path)
+    return _save_png(figure, path)
 
 
 def _class_colors(count: int) -> np.ndarray:
     """``count`` distinct opaque RGBA colours (matplotlib's tab20)."""
     return colormaps["tab20"](np.arange(count) % 20)
-
-
-def _save(figure: Figure, path: str | os.PathLike) -> Path:
-    """Writes ``figure`` as PNG (creating parent directories) and releases it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        figure.clear()
-    return path
