@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 WORKDIR ?= runs/digits
 
-.PHONY: train test test-slow bench speech-corpus export-deps export-tf-deps clean
+.PHONY: train test test-slow test-vision bench speech-corpus export-deps export-tf-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,9 +53,25 @@ test: $(TEST_STAMP)
 	$(BIN)/pytest -q -n 2 -m "not slow" --durations=25
 
 # End-to-end runs of the shipped experiments (minutes each): run before resolving an issue.
-# Also installs the tf extra, for the SavedModel/TFLite parity tests.
-test-slow: $(TEST_STAMP) $(EXPORT_TF_STAMP)
+# Also installs the tf extra, for the SavedModel/TFLite parity tests, and runs test-vision.
+test-slow: $(TEST_STAMP) $(EXPORT_TF_STAMP) test-vision
 	$(BIN)/pytest -q -m slow
+
+# The torchvision parity tests (every zoo model, DeepLabv3, the weight importer) in their own
+# virtualenv with torch 2.14.1 + torchvision 0.29.1 (the `vision` extra: ~5.5 GB, see pyproject).
+VISION_VENV ?= .venv-vision
+VISION_STAMP := $(VISION_VENV)/.installed-stamp
+VISION_TESTS := tests/test_torchvision_import.py tests/test_zoo_mobile.py tests/test_zoo_dense.py \
+	tests/test_deeplab.py
+$(VISION_STAMP): pyproject.toml
+	test -x $(VISION_VENV)/bin/python || $(PYTHON) -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/pip install --quiet --upgrade pip
+	$(VISION_VENV)/bin/pip install --quiet -e ".[vision]"
+	touch $(VISION_STAMP)
+
+test-vision: $(VISION_STAMP)
+	$(VISION_VENV)/bin/python -c "import torchvision"
+	$(VISION_VENV)/bin/pytest -q -m "slow or not slow" $(VISION_TESTS)
 
 # The synthesised speech corpus (experiments/speech_conformer.py's data), cached outside the repo;
 # installs Debian's espeak-ng and sox first when they are missing (needs root or sudo).
@@ -68,4 +84,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/digits_time_to_accuracy.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VISION_VENV) runs .pytest_cache .ruff_cache

@@ -1,18 +1,23 @@
 """Transfer learning on scikit-learn's digits: pre-train on digits 0-4, fine-tune on 5-9 with a few
 examples per class, and compare with training the same ResNet on those few examples from scratch.
 
-``python experiments/digits_transfer.py [--shots 5] [--out runs/digits_transfer]`` writes the two
-class subsets as image folders under ``--out``, then trains three runs with this file's config
-(``folder_resnet.py`` on 8x8 images, a ResNet-8, batch 32):
+``python experiments/digits_transfer.py [--shots 5] [--steps 50,150] [--out runs/digits_transfer]``
+writes the two class subsets as image folders under ``--out``, then trains with this file's config
+(``folder_resnet.py`` on 8x8 images, a ResNet-8):
 
-- ``pretrain``: classes 0-4, all their images (70/15/15 split);
-- ``finetune``: classes 5-9, ``shots`` training images per class, starting from ``pretrain``'s
-  best checkpoint with a new head (``init.reinit``) and the ``transfer`` section's fields
-  (``trainable_stages``, ``backbone_lr_scale``, ``freeze_batch_norm``);
-- ``scratch``: the same data and budget, fresh weights.
+- ``pretrain``: classes 0-4, all their images (70/15/15 split), once;
+- ``finetune_<steps>``: classes 5-9, ``shots`` training images per class, starting from
+  ``pretrain``'s best checkpoint with a new head (``init.reinit``) and the ``transfer`` section's
+  fields (``--stages`` -> ``trainable_stages``, ``--backbone-lr-scale``), for each step budget;
+- ``scratch_<steps>``: the same data and budget, fresh weights.
 
-The test split (classes 5-9, about 70% of their images) is the same for both; the script prints
-both test accuracies. As a config: ``experiments/digits_transfer.py:root=DIR,stage=finetune,...``.
+The test split (classes 5-9, about 70% of their images) is the same for all; the script prints the
+test accuracies per budget. Measured (5 shots, all layers fine-tuned at the full learning rate,
+seed 0, 2 CPU cores, ~4 min): 50 steps: fine-tuned **0.847** vs scratch 0.788; 150 steps:
+fine-tuned 0.890 vs scratch 0.928. The pre-trained start converges faster (validation 0.91 at step
+50 against scratch's 0.69) but, with features learnt from five other digits only, ends below a
+small network trained to convergence on the new digits. Head-only (``--stages 0``): 0.717 at 150.
+As a config: ``experiments/digits_transfer.py:root=DIR,stage=finetune,...``.
 """
 
 import argparse
@@ -39,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train_fraction=0.7,
         epochs=30,
         steps=150,
-        stages=1,
+        stages=-1,
+        backbone_lr_scale=1.0,
     )
     if args.stage not in STAGES:
         raise ConfigError(f"digits_transfer.py: stage must be one of {STAGES}, got {args.stage!r}")
@@ -63,8 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.stage == "finetune":
         config.init.from_workdir = args.source
         config.init.reinit = ("params/head/*",)
-        config.transfer.trainable_stages = args.stages
-        config.transfer.backbone_lr_scale = 0.1
+        config.transfer.trainable_stages = None if args.stages < 0 else args.stages
+        config.transfer.backbone_lr_scale = args.backbone_lr_scale
     config.lock()
     return config
 
@@ -97,24 +103,35 @@ def main() -> None:
     parser.add_argument("--out", default="runs/digits_transfer")
     parser.add_argument("--shots", type=int, default=5, help="training images per new class, >= 4")
     parser.add_argument("--epochs", type=int, default=30, help="pre-training epochs")
-    parser.add_argument("--steps", type=int, default=150, help="few-shot training steps")
-    parser.add_argument("--stages", type=int, default=1, help="fine-tuned stages (0: head only)")
+    parser.add_argument("--steps", default="50,150", help="few-shot step budgets, comma-separated")
+    parser.add_argument(
+        "--stages", type=int, default=-1, help="fine-tuned stages (0: head only, -1: all)"
+    )
+    parser.add_argument("--backbone-lr-scale", type=float, default=1.0)
     args = parser.parse_args()
     root = os.path.abspath(args.out)
     counts = write_folders(os.path.join(root, "data"))
     # Stratified split: shots x 5 classes of the target images train, 10% validate, rest test.
     fraction = args.shots * len(TARGET_CLASSES) / counts["target"]
-    results = {}
-    for stage in STAGES:
+    budgets = [int(steps) for steps in args.steps.split(",")]
+
+    def run(stage: str, steps: int, name: str) -> float:
         arg = (
             f"root={os.path.join(root, 'data')},stage={stage},epochs={args.epochs},"
-            f"steps={args.steps},source={os.path.join(root, 'pretrain')},stages={args.stages}"
+            f"steps={steps},source={os.path.join(root, 'pretrain')},stages={args.stages},"
+            f"backbone_lr_scale={args.backbone_lr_scale}"
         )
         if stage != "pretrain":
             arg += f",train_fraction={fraction}"
         config = load_config(f"{__file__}:{arg}")
-        trainer = Trainer(build_experiment(config), os.path.join(root, stage), quiet=True)
-        results[stage] = float(trainer.fit()["accuracy"])
+        trainer = Trainer(build_experiment(config), os.path.join(root, name), quiet=True)
+        return float(trainer.fit()["accuracy"])
+
+    results = {"pretrain": run("pretrain", budgets[0], "pretrain")}
+    for steps in budgets:
+        results[f"{steps}_steps"] = {
+            stage: run(stage, steps, f"{stage}_{steps}") for stage in ("finetune", "scratch")
+        }
     print(json.dumps({"shots_per_class": args.shots, "test_accuracy": results}))
 
 

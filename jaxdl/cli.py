@@ -257,7 +257,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--out",
-        help="CSV or JSONL file (default W/predictions_SPLIT.csv, W/predictions_inputs.csv)",
+        help="CSV or JSONL file (default W/predictions_SPLIT.csv, W/predictions_inputs.csv); "
+        "segmentation runs: a directory (default W/analysis)",
     )
     predict.add_argument("--batch-size", type=_number(int, 1), default=64)
     predict.add_argument("--text-column", help="INPUTS' .csv files: the texts (default text)")
@@ -516,6 +517,8 @@ def _predict(args: argparse.Namespace, experiment) -> int:
 
         if args.split:
             raise UserError("give INPUTS or --split, not both")
+        if experiment.task.name == "segmentation":
+            raise UserError("predict on files is not supported for segmentation runs; use --split")
         uploads = experiment_uploads(experiment, args.workdir)
         if uploads is None:
             raise UserError(f"{args.workdir}'s model takes no files; use --split")
@@ -541,6 +544,8 @@ def _predict(args: argparse.Namespace, experiment) -> int:
     state = _restore_best_state(experiment, args.workdir)
     inference = experiment_inference(experiment, state)
     source = experiment.data.get(args.split)
+    if experiment.task.name == "segmentation":
+        return _predict_segmentation(args, experiment, inference, source)
     rows = list(classify_records(inference, source, args.batch_size))
     names = experiment.data.info.get("class_names")
     write_predictions(rows, out, names)
@@ -559,6 +564,30 @@ def _predict(args: argparse.Namespace, experiment) -> int:
     if failed:
         sys.stderr.write(f"jaxdl: {failed} unreadable example(s): see the error column\n")
     return 1 if failed else 0
+
+
+def _predict_segmentation(args: argparse.Namespace, experiment, inference, source) -> int:
+    """``jaxdl predict`` of a segmentation run: metrics, per-class IoU and mask overlay plots
+    of the split in W/analysis (or ``--out``, a directory here)."""
+    from jaxdl.tasks.segmentation import predict_segmentation
+
+    out_dir = args.out or os.path.join(args.workdir, "analysis")
+    metrics = predict_segmentation(
+        inference,
+        source,
+        out_dir,
+        args.split,
+        experiment.data.info.get("class_names"),
+        args.batch_size,
+    )
+    print(
+        f"mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f} on "
+        f"{metrics['examples']:,} {args.split} examples; segmentation_{args.split}.json, "
+        f"per_class_iou_{args.split}.png and mask_overlays_{args.split}.png in {out_dir}"
+    )
+    if metrics["skipped"]:
+        sys.stderr.write(f"jaxdl: {metrics['skipped']} unreadable example(s) skipped\n")
+    return 1 if metrics["skipped"] else 0
 
 
 def _quantize(args: argparse.Namespace, experiment) -> int:

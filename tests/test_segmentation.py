@@ -410,7 +410,7 @@ def test_segment_unet_experiment_trains_and_reports_per_class_iou(tmp_path):
             "jaxdl",
             "train",
             "--config",
-            "experiments/segment_unet.py:epochs=3,num_train=400",
+            "experiments/segment_unet.py:width=32,epochs=3,num_train=400",
             "--workdir",
             str(tmp_path),
         ],

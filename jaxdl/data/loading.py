@@ -4,11 +4,11 @@ Two kinds of dataset:
 
 * **in memory** (``digits`` and the bundled text corpora): small, decoded once, split and
   standardised as arrays — the default experiment's path, unchanged.
-* **streaming** (``image_folder``, ``hf_image``, ``text_lines``, ``hf_text``, ``array_record``):
-  a *pool* source that decodes one record at a time. Splits are index views (stratified when
-  labels are known without decoding), image statistics and character vocabularies come from a
-  bounded, seeded sample of the train split, and grain decodes records in its workers — host
-  memory does not grow with the dataset.
+* **streaming** (``image_folder``, ``hf_image``, ``mask_folder``, ``hf_segmentation``,
+  ``text_lines``, ``hf_text``, ``array_record``): a *pool* source that decodes one record at a
+  time. Splits are index views (stratified when labels are known without decoding), image
+  statistics and character vocabularies come from a bounded, seeded sample of the train split,
+  and grain decodes records in its workers — host memory does not grow with the dataset.
 
 Text pools become packed language-model rows when they carry no labels, and padded,
 tokenised classification records when they do.
@@ -26,6 +26,7 @@ from jaxdl.data.folds import cross_validation_fold
 from jaxdl.data.image import per_channel_stats
 from jaxdl.data.image_sources import HFImageSource, ImageFolderSource
 from jaxdl.data.imbalance import apply_train_options
+from jaxdl.data.mask_sources import HFSegmentationSource, MaskFolderSource
 from jaxdl.data.packing import PackedRows, estimate_rows, sample_unigram_counts
 from jaxdl.data.records import ArraySource, DataSplits, RecordError, RecordSource
 from jaxdl.data.segmentation import SEGMENTATION_SPLIT_LOADERS
@@ -72,6 +73,16 @@ def _hf_image_pool(path: str, **options: Any) -> tuple[RecordSource, dict]:
     return source, {"kind": "image", "class_names": source.class_names}
 
 
+def _mask_folder_pool(**options: Any) -> tuple[RecordSource, dict]:
+    source = MaskFolderSource(**options)
+    return source, {"kind": "image", "class_names": source.class_names}
+
+
+def _hf_segmentation_pool(path: str, **options: Any) -> tuple[RecordSource, dict]:
+    source = HFSegmentationSource(path, **options)
+    return source, {"kind": "image", "class_names": source.class_names}
+
+
 def _text_lines_pool(paths: Any) -> tuple[RecordSource, dict]:
     return TextLineSource(paths), {"kind": "text"}
 
@@ -97,6 +108,9 @@ POOL_OPENERS = {
     "digits": _digits_pool,
     "image_folder": _image_folder_pool,
     "hf_image": _hf_image_pool,
+    # Segmentation (image + per-pixel class mask; random splits, as masks carry no one label).
+    "mask_folder": _mask_folder_pool,
+    "hf_segmentation": _hf_segmentation_pool,
     "text_lines": _text_lines_pool,
     "hf_text": _hf_text_pool,
     "array_record": _array_record_pool,

@@ -5,6 +5,7 @@ keyword-only call argument, ``__call__(x, ..., *, train: bool)`` (``make_norm``,
 takes it when building the norm). Nothing here imports from models/train/data/cli.
 """
 
+from jaxdl.layers.aspp import ASPP, DeepLabHead
 from jaxdl.layers.attention import (
     CrossAttention,
     MultiHeadAttention,
@@ -61,6 +62,7 @@ from jaxdl.layers.unet_blocks import DoubleConv, UpConv
 from jaxdl.layers.validation import check_image_batch
 
 __all__ = [
+    "ASPP",
     "CONV_BIAS_AXES",
     "CONV_IMPLS",
     "CONV_KERNEL_AXES",
@@ -73,6 +75,7 @@ __all__ = [
     "ConformerFeedForward",
     "Conv",
     "ConvNormAct",
+    "DeepLabHead",
     "ConvSubsampling",
     "CrossAttention",
     "DepthwiseConv1D",

@@ -21,18 +21,21 @@ def resnet_conv(
     param_dtype: Any,
     name: str,
     impl: str = "auto",
+    dilation: int = 1,
 ) -> Conv:
-    """Bias-free conv with torch-style symmetric padding (k // 2), as torchvision's ResNet.
+    """Bias-free conv with torch-style symmetric padding (dilation * (k // 2)), as torchvision's
+    ResNet.
 
     Explicit padding (not 'SAME') keeps strided convs aligned with torchvision weights.
     ``impl``: 'auto' (per-shape CPU formulations) or 'plain' (see ``jaxdl.layers.conv``).
     """
-    pad = kernel // 2
+    pad = dilation * (kernel // 2)
     return Conv(
         features,
         kernel_size=(kernel, kernel),
         strides=strides,
         padding=((pad, pad), (pad, pad)),
+        kernel_dilation=dilation,
         use_bias=False,
         dtype=dtype,
         param_dtype=param_dtype,
@@ -50,11 +53,13 @@ class _ResidualBlock(nn.Module):
     starts at zero with ``zero_init_residual`` so the block starts as ``relu(shortcut(x))``.
     A 1x1 conv + norm projection replaces the identity shortcut when the shape changes.
     Parameters: ``conv{i}``/``norm{i}`` per branch conv, plus ``proj_conv``/``proj_norm``.
+    ``dilation`` dilates the branch's 3x3 convs (torchvision's ``replace_stride_with_dilation``).
     ``conv_impl``: 'auto' or 'plain' convolutions (see ``jaxdl.layers.conv``).
     """
 
     features: int
     strides: int = 1
+    dilation: int = 1
     norm: str = "batch"
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
@@ -88,7 +93,14 @@ class _ResidualBlock(nn.Module):
             is_last = i == len(convs)
             features = out_features if is_last else self.features
             y = resnet_conv(
-                features, kernel, strides, self.dtype, self.param_dtype, f"conv{i}", self.conv_impl
+                features,
+                kernel,
+                strides,
+                self.dtype,
+                self.param_dtype,
+                f"conv{i}",
+                self.conv_impl,
+                self.dilation if kernel > 1 else 1,
             )(y)
             zero_scale = is_last and self.zero_init_residual
             scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
@@ -112,7 +124,10 @@ class _ResidualBlock(nn.Module):
 
 
 class BasicBlock(_ResidualBlock):
-    """Two 3x3 convs (the first strided) plus shortcut; output channels = ``features``."""
+    """Two 3x3 convs (the first strided) plus shortcut; output channels = ``features``.
+
+    With ``dilation`` > 1 both 3x3 convs are dilated (torchvision's BasicBlock refuses dilation;
+    this is the natural extension, for small dilated backbones)."""
 
     expansion: ClassVar[int] = 1
 
@@ -122,7 +137,9 @@ class BasicBlock(_ResidualBlock):
 
 
 class Bottleneck(_ResidualBlock):
-    """1x1 reduce -> 3x3 strided (v1.5) -> 1x1 expand, plus shortcut; out = 4 * ``features``."""
+    """1x1 reduce -> 3x3 strided (v1.5) -> 1x1 expand, plus shortcut; out = 4 * ``features``.
+
+    ``dilation`` dilates the 3x3 conv, as torchvision's Bottleneck."""
 
     expansion: ClassVar[int] = 4
 

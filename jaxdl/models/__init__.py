@@ -13,6 +13,7 @@ from jaxdl.models.ctc_decoding import (
     ctc_greedy_decode,
     ctc_prefix_beam_search,
 )
+from jaxdl.models.deeplab import DeepLabV3
 from jaxdl.models.densenet import DenseNet
 from jaxdl.models.efficientnet import EfficientNet
 from jaxdl.models.mobilenet import MobileNetV2, MobileNetV3
@@ -32,6 +33,7 @@ __all__ = [
     "Bottleneck",
     "CharNgramLM",
     "ConformerCTC",
+    "DeepLabV3",
     "DenseNet",
     "EfficientNet",
     "LeNet5",

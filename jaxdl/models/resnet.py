@@ -40,6 +40,13 @@ class ResNet(nn.Module):
     dtype (e.g. bf16); parameters use ``param_dtype``; logits are always float32.
     ``conv_impl``: 'auto' routes convolutions and max-pooling around XLA:CPU's slow paths (same
     results and parameters), 'plain' forces ``lax.conv_general_dilated``/``nn.max_pool``.
+
+    ``replace_stride_with_dilation`` (one flag per stage after the first, as torchvision's) keeps
+    a stage's resolution and dilates its 3x3 convs instead; the stage's first block keeps the
+    previous dilation, as torchvision's ``_make_layer``. ``features_only`` returns the last
+    stage's feature map [batch, H / s, W / s, channels] in ``dtype`` (s = 32 for the ImageNet
+    layout without dilation): no pooling, dropout or head (``num_classes`` is then unused).
+    Neither changes parameter names.
     """
 
     depth: int
@@ -53,10 +60,18 @@ class ResNet(nn.Module):
     param_dtype: Any = jnp.float32
     remat_policy: str = "none"
     conv_impl: str = "auto"
+    replace_stride_with_dilation: tuple[bool, ...] = ()
+    features_only: bool = False
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
-        _layout(self.depth)
+        _, _, stage_sizes = _layout(self.depth)
+        dilate = tuple(self.replace_stride_with_dilation)
+        if dilate and len(dilate) != len(stage_sizes) - 1:
+            raise ValueError(
+                f"ResNet replace_stride_with_dilation needs {len(stage_sizes) - 1} flags (one per "
+                f"stage after the first) for depth {self.depth}, got {dilate}"
+            )
         if self.stem not in STEMS:
             raise ValueError(f"ResNet stem must be one of {STEMS}, got {self.stem!r}")
         if self.num_classes < 1:
@@ -77,7 +92,8 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        """Classify ``x`` [batch, H, W, C]; returns float32 logits [batch, num_classes]."""
+        """Classify ``x`` [batch, H, W, C]; returns float32 logits [batch, num_classes] (the
+        feature map with ``features_only``)."""
         check_image_batch(x, "ResNet")
         layout, block_cls, stage_sizes = _layout(self.depth)
         width = self.width or (64 if layout == "imagenet" else 16)
@@ -101,11 +117,17 @@ class ResNet(nn.Module):
             x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.conv_impl)
         x = nn.with_logical_constraint(x, FEATURE_MAP_AXES)
 
+        dilate = tuple(self.replace_stride_with_dilation) or (False,) * (len(stage_sizes) - 1)
+        dilation = 1
         for stage, num_blocks in enumerate(stage_sizes):
+            strides, previous_dilation = (2 if stage > 0 else 1), dilation
+            if stage > 0 and dilate[stage - 1]:
+                dilation, strides = dilation * strides, 1
             for index in range(num_blocks):
                 block = block_cls(
                     features=width * 2**stage,
-                    strides=2 if stage > 0 and index == 0 else 1,
+                    strides=strides if index == 0 else 1,
+                    dilation=previous_dilation if index == 0 else dilation,
                     norm=self.norm,
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
@@ -118,6 +140,8 @@ class ResNet(nn.Module):
                 else:
                     # Recompute each block's activations in the backward pass (train is static).
                     x = remat_call(block, x, train=train, policy=self.remat_policy)
+        if self.features_only:
+            return x
 
         x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -1,4 +1,5 @@
-"""Import torchvision classification weights (a ``.pth`` state_dict) into a jaxdl checkpoint.
+"""Import torchvision classification or segmentation weights (a ``.pth`` state_dict) into a
+jaxdl checkpoint.
 
 ``import_torchvision`` maps the state_dict onto the registered jaxdl model of the same name and
 writes a directory that ``jaxdl train`` starts from with ``--config.init.from_workdir=DIR``:
@@ -28,8 +29,6 @@ from jaxdl.errors import UserError
 
 Importer = Callable[[Mapping[str, np.ndarray], dict], dict]
 METADATA_FILENAME = "import_metadata.json"
-# The head's parameters: left out when --num-classes differs from the file's.
-HEAD_PATTERN = "params/head/*"
 _SHOWN = 3  # names shown in a mismatch message
 
 
@@ -138,8 +137,17 @@ def importers() -> dict[str, Importer]:
     The other families' modules are imported here, on use, to keep ``jaxdl`` imports light."""
     from jaxdl.models.torchvision_dense_import import DENSE_IMPORTERS
     from jaxdl.models.torchvision_mobile_import import MOBILE_IMPORTERS
+    from jaxdl.models.torchvision_seg_import import SEG_IMPORTERS
 
-    return {**RESNET_IMPORTERS, **MOBILE_IMPORTERS, **DENSE_IMPORTERS}
+    return {**RESNET_IMPORTERS, **MOBILE_IMPORTERS, **DENSE_IMPORTERS, **SEG_IMPORTERS}
+
+
+def _head_path(model: str) -> tuple[str, ...]:
+    """Path (below ``params``) of ``model``'s class-dependent layer: ``head`` for classifiers,
+    the last 1x1 conv of a segmentation head."""
+    from jaxdl.models.torchvision_seg_import import SEG_HEAD_PATH, SEG_IMPORTERS
+
+    return SEG_HEAD_PATH if model in SEG_IMPORTERS else ("head",)
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -182,8 +190,15 @@ def _template(model: str, num_classes: int) -> dict:
     )
 
 
-def _file_num_classes(state_dict: Mapping[str, np.ndarray]) -> int:
-    """Classes of the file's head: torchvision's classifiers end with the head's 2-D weight."""
+def _file_num_classes(state_dict: Mapping[str, np.ndarray], model: str) -> int:
+    """Classes of the file's head: torchvision's classifiers end with the head's 2-D weight;
+    its segmentation models name their last 1x1 conv (``SEG_HEAD_KEY``)."""
+    from jaxdl.models.torchvision_seg_import import SEG_HEAD_KEY, SEG_IMPORTERS
+
+    if model in SEG_IMPORTERS:
+        if SEG_HEAD_KEY not in state_dict:
+            raise UserError(f"the weights hold no segmentation classifier ({SEG_HEAD_KEY})")
+        return int(state_dict[SEG_HEAD_KEY].shape[0])
     matrices = [v for name, v in state_dict.items() if name.endswith("weight") and v.ndim == 2]
     if not matrices:
         raise UserError("the weights hold no classifier head (no 2-D weight)")
@@ -203,8 +218,8 @@ def import_torchvision(
 ) -> dict[str, Any]:
     """Writes ``out`` (see the module docstring) from torchvision ``weights`` of ``model``;
     returns the metadata. With ``num_classes`` other than the file's, the head is left out (the
-    run must put ``params/head/*`` in ``init.reinit``). Errors are one-line ``UserError``s and
-    leave no ``out`` behind."""
+    run must put ``params/head/*``, for DeepLabV3 ``params/head/classifier/*``, in
+    ``init.reinit``). Errors are one-line ``UserError``s and leave no ``out`` behind."""
     import orbax.checkpoint as ocp
 
     table = importers()
@@ -213,15 +228,19 @@ def import_torchvision(
     if os.path.exists(out):
         raise UserError(f"--out {out} already exists")
     state_dict = load_state_dict(weights)
-    file_classes = _file_num_classes(state_dict)
+    file_classes = _file_num_classes(state_dict, model)
     importer = table[model]
     try:
         variables = importer(state_dict, _template(model, file_classes))
     except (KeyError, ValueError) as error:  # the families' own mismatch errors, as one line
         raise UserError(f"the weights are not a torchvision {model}: {error}") from None
     head_omitted = num_classes is not None and num_classes != file_classes
+    *parents, head = _head_path(model)
     if head_omitted:
-        variables["params"].pop("head")
+        node = variables["params"]
+        for key in parents:
+            node = node[key]
+        node.pop(head)
     metadata = {
         "source": "torchvision",
         "model": model,
@@ -230,7 +249,7 @@ def import_torchvision(
         "file_num_classes": file_classes,
         "num_classes": num_classes if num_classes is not None else file_classes,
         "head_omitted": head_omitted,
-        "reinit": [HEAD_PATTERN] if head_omitted else [],
+        "reinit": [f"params/{'/'.join((*parents, head))}/*"] if head_omitted else [],
         "mapping": {
             "importer": f"{importer.__module__}.{importer.__qualname__}",
             "rule": " ".join((importer.__doc__ or "").split()),

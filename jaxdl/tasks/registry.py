@@ -147,8 +147,10 @@ def _train_labels(data: DataSplits) -> np.ndarray:
 @register_task("segmentation")
 def _segmentation(task_config, data, config) -> Task:
     """Per-pixel labels [H, W] of the data's classes; ``task.dice_weight`` adds soft Dice,
-    ``task.max_shift`` / ``task.flip_left_right`` augment image and mask jointly (the image
-    padded with the standardised value of a black pixel)."""
+    ``task.max_shift`` / ``task.flip_left_right`` / ``task.rotate_degrees`` /
+    ``task.scale_range`` (low, high) / ``task.crop`` (pixels) augment image and mask jointly (the
+    image filled with the standardised value of a black pixel, the mask with background;
+    ``task.interpolation`` 'bilinear' or 'nearest' resamples the image)."""
     del config
     names = _class_names(data)
     if not names:
@@ -161,9 +163,20 @@ def _segmentation(task_config, data, config) -> Task:
         dice_weight=float(task_config.get("dice_weight", 0.0)),
         max_shift=int(task_config.get("max_shift", 0)),
         flip_left_right=bool(task_config.get("flip_left_right", False)),
+        rotate_degrees=_number(task_config, "rotate_degrees", 0.0),
+        scale_range=task_config.get("scale_range", (1.0, 1.0)),
+        crop=task_config.get("crop", 0),
+        interpolation=task_config.get("interpolation", "bilinear"),
         fill=-np.asarray(data.info.get("channel_mean", 0.0), np.float32)
         / np.asarray(data.info.get("channel_std", 1.0), np.float32),
     )
+
+
+def _number(task_config: ml_collections.ConfigDict, key: str, default: float) -> float:
+    value = task_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"task.{key} must be a number, got {value!r}")
+    return float(value)
 
 
 @register_task("language_modeling")

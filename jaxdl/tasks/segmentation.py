@@ -1,17 +1,27 @@
 """Semantic segmentation: images ``inputs`` [H, W, C] and per-pixel class ``labels`` [H, W].
 
-Training batches may be shifted (``max_shift``) and flipped jointly with their masks on device.
+Training batches may be augmented on device with one random geometric transform per example,
+applied alike to image and mask (``jaxdl.data.segmentation.random_joint_transform``): rotation
+(``rotate_degrees``), scale (``scale_range``), a random ``crop`` window resized back to the full
+size, an integer shift (``max_shift``) and a horizontal flip (``flip_left_right``). Images are
+resampled bilinearly (``interpolation='nearest'``: like the masks), masks by the nearest pixel
+(labels are never interpolated); pixels brought
+in from outside the image take ``fill`` (the standardised value of a black pixel) in the image and
+class 0, the background, in the mask — the data's own convention for "no object here", so no
+ignore label is needed.
 
 Trains with per-pixel cross-entropy plus, with ``dice_weight`` > 0, the soft Dice loss
 (``1 - mean_c dice_c`` over the batch, Milletari et al. 2016). Evaluation sums a pixel confusion
 matrix over the split (exact across batches and hosts), from which pixel accuracy, per-class IoU
 ``tp / (tp + fp + fn)``, mIoU and Dice ``2 tp / (2 tp + fp + fn)`` follow; classes absent from both
 labels and predictions are left out of the means (their IoU is NaN in the per-class report).
-Plots: per-class IoU bars after each evaluation, and ``plot_mask_overlays`` for predicted masks.
+Plots: per-class IoU bars after each evaluation, and ``plot_mask_overlays`` for predicted masks
+(``predict_segmentation``, what ``jaxdl predict`` runs on a segmentation workdir).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +35,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxdl.data.segmentation import joint_shift_flip
+from jaxdl.data.segmentation import INTERPOLATIONS, joint_shift_flip, random_joint_transform
 from jaxdl.metrics import confusion_matrix
 from jaxdl.metrics.plots import _save_png
 from jaxdl.tasks.base import EXAMPLE_MASK, Batch, BatchSpec, Field, Forward, Task
@@ -80,6 +90,10 @@ class SemanticSegmentation(Task):
         max_shift: int = 0,
         flip_left_right: bool = False,
         fill: float | Sequence[float] = 0.0,
+        rotate_degrees: float = 0.0,
+        scale_range: Sequence[float] = (1.0, 1.0),
+        crop: int = 0,
+        interpolation: str = "bilinear",
     ):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -89,6 +103,39 @@ class SemanticSegmentation(Task):
             raise ValueError(f"dice_weight must be a finite number >= 0, got {dice_weight}")
         if max_shift < 0 or max_shift >= min(input_shape[:2]):
             raise ValueError(f"max_shift must be in [0, image size), got {max_shift}")
+        if not np.isfinite(rotate_degrees) or not 0 <= rotate_degrees <= 180:
+            raise ValueError(f"rotate_degrees must be in [0, 180], got {rotate_degrees}")
+        try:
+            scale_range = tuple(float(v) for v in np.ravel(np.asarray(scale_range, float)))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"scale_range must be two numbers (low, high), got {scale_range!r}"
+            ) from None
+        if (
+            len(scale_range) != 2
+            or not np.all(np.isfinite(scale_range))
+            or not 0 < scale_range[0] <= scale_range[1]
+        ):
+            raise ValueError(
+                f"scale_range must be two numbers (low, high) with 0 < low <= high, got "
+                f"{scale_range}"
+            )
+        if (
+            not isinstance(crop, int | np.integer)
+            or isinstance(crop, bool)
+            or not 0 <= crop <= min(input_shape[:2])
+        ):
+            raise ValueError(
+                f"crop must be a whole number of pixels in [0, {min(input_shape[:2])}] "
+                f"(0: off), got {crop}"
+            )
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
+            )
+        self.interpolation = interpolation
+        self.rotate_degrees, self.scale_range = float(rotate_degrees), scale_range
+        self.crop = 0 if int(crop) == min(input_shape[:2]) == max(input_shape[:2]) else int(crop)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names is not None else None
@@ -106,7 +153,22 @@ class SemanticSegmentation(Task):
         return (batch["inputs"],), {}
 
     def prepare_train_batch(self, key: jax.Array, batch: Batch) -> Batch:
-        """Joint image + mask shift (``max_shift``) and horizontal flip, on device."""
+        """Joint image + mask augmentation on device: shift and flip alone keep the exact pad-and-
+        crop of ``joint_shift_flip``; rotation, scale or crop resample both in one warp."""
+        if self.rotate_degrees or self.scale_range != (1.0, 1.0) or self.crop:
+            images, masks = random_joint_transform(
+                key,
+                batch["inputs"],
+                batch["labels"],
+                rotate_degrees=self.rotate_degrees,
+                scale_range=self.scale_range,
+                crop=self.crop,
+                max_shift=self.max_shift,
+                flip_left_right=self.flip_left_right,
+                fill=self.fill,
+                interpolation=self.interpolation,
+            )
+            return {**batch, "inputs": images, "labels": masks}
         if not (self.max_shift or self.flip_left_right):
             return batch
         images, masks = joint_shift_flip(
@@ -225,3 +287,63 @@ def plot_mask_overlays(
 def _class_colors(count: int) -> np.ndarray:
     """``count`` distinct opaque RGBA colours (matplotlib's tab20)."""
     return colormaps["tab20"](np.arange(count) % 20)
+
+
+def predict_segmentation(
+    inference: Any,
+    source: Any,
+    out_dir: str | os.PathLike,
+    split: str,
+    class_names: Sequence[str] | None,
+    batch_size: int = 64,
+    overlays: int = 6,
+) -> dict[str, Any]:
+    """``jaxdl predict`` for a segmentation run: the predicted masks of ``source`` (an
+    ``InferenceFunction`` with a ``mask`` output) scored against its labels — metrics in
+    ``out_dir/segmentation_{split}.json``, per-class IoU bars in ``per_class_iou_{split}.png`` and
+    the first ``overlays`` readable examples' true and predicted masks over their images in
+    ``mask_overlays_{split}.png``. Unreadable records are counted (``skipped``), not scored."""
+    from jaxdl.export.predictions import infer_records
+
+    if "mask" not in inference.output_names:
+        raise ValueError("predict_segmentation needs a model with a 'mask' output")
+    num_classes = len(class_names) if class_names else None
+    confusion, shown, skipped, scored = None, [], 0, 0
+    for row in infer_records(inference, source, batch_size):
+        if "error" in row:
+            skipped += 1
+            continue
+        prediction = np.asarray(row["outputs"]["mask"])
+        labels = np.asarray(row["record"]["labels"])
+        if num_classes is None:
+            num_classes = int(np.asarray(row["outputs"]["logits"]).shape[-1])
+        counts = np.bincount(
+            labels.ravel().astype(np.int64) * num_classes + prediction.ravel(),
+            minlength=num_classes * num_classes,
+        ).reshape(num_classes, num_classes)
+        confusion = counts if confusion is None else confusion + counts
+        scored += 1
+        if len(shown) < overlays:
+            shown.append((np.asarray(row["record"]["inputs"]), labels, prediction))
+    if confusion is None:
+        raise ValueError(f"no readable example in the {split} split")
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = {
+        "split": split,
+        "examples": scored,
+        "skipped": skipped,
+        **segmentation_metrics(confusion, class_names),
+    }
+    Path(out_dir, f"segmentation_{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_per_class_iou(
+        metrics["per_class_iou"], os.path.join(out_dir, f"per_class_iou_{split}.png")
+    )
+    images, labels, predictions = (np.stack(column) for column in zip(*shown, strict=True))
+    plot_mask_overlays(
+        images,
+        labels,
+        predictions,
+        num_classes,
+        os.path.join(out_dir, f"mask_overlays_{split}.png"),
+    )
+    return metrics
