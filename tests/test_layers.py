@@ -228,6 +228,8 @@ def test_check_image_batch_rejects_bad_rank_and_integer_images():
 
 # The exported layers whose behaviour depends on train (dropout, batch norm).
 TRAIN_AWARE_LAYERS = {
+    "ASPP",
+    "DeepLabHead",
     "BasicBlock",
     "ConformerBlock",
     "ConformerConvModule",
