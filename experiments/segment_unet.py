@@ -13,6 +13,7 @@ Measured on 2 CPU cores shared with other jobs (test split; per-class IoU of the
   defaults (width 48, 20 epochs, augmented, nearest):  test mIoU 0.748 (val 0.764), pixel
       accuracy 0.970, 11.4 min of training; digits 0.67-0.78 -- the 0.75 target is NOT met
   the same with 18 epochs:                                      0.742 (val 0.766, ~15 min)
+  the same with 24 epochs:                                      0.749 (val 0.763): a plateau
   width 32, 25 epochs, no augmentation (previous default):      0.717 (~10 min)
   width 32, 25 epochs, augmented (bilinear):                    0.720 (~17 min under load)
   width 32, depth 3, 25 epochs, augmented (bilinear):           0.704 (~15 min)
