@@ -16,6 +16,7 @@ from jaxdl.layers.conv import (
     IMPL_ENV_VAR,
     conv_as_taps,
     conv_formulations,
+    depthwise_conv2d_taps,
     resolve_padding,
     use_fast_paths,
 )
@@ -95,6 +96,49 @@ def test_conv_formulations_equal_plain_conv_forward_and_gradients(
         x,
         kernel,
     )
+
+
+# (input H, W), kernel (kh, kw), strides, padding, dilation: depthwise (groups = channels).
+DEPTHWISE_CASES = [
+    ((9, 9), (3, 3), (1, 1), "SAME", (1, 1)),  # MobileNet / EfficientNet stride-1 block
+    ((9, 8), (3, 3), (2, 2), "SAME", (1, 1)),  # stride 2, odd and even maps
+    ((8, 9), (5, 5), (2, 2), "SAME", (1, 1)),  # EfficientNet's 5x5 stride 2
+    ((3, 3), (5, 5), (1, 1), "SAME", (1, 1)),  # kernel larger than the map: taps dropped
+    ((7, 6), (3, 3), (2, 1), ((2, 0), (1, 3)), (2, 1)),  # asymmetric pads, dilation
+    ((1, 1), (3, 3), (1, 1), "SAME", (1, 1)),  # only the centre tap
+    ((2, 2), (2, 2), (1, 1), ((3, 3), (3, 3)), (1, 1)),  # some outputs read only padding
+]
+
+
+@pytest.mark.parametrize("size, kernel_size, strides, padding, dilation", DEPTHWISE_CASES)
+def test_depthwise_conv2d_taps_equal_plain_conv_forward_and_gradients(
+    size, kernel_size, strides, padding, dilation
+):
+    channels = 5
+    x = jax.random.normal(KEY, (3, *size, channels))
+    kernel = jax.random.normal(jax.random.key(2, impl="rbg"), (*kernel_size, 1, channels))
+    window = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
+    pads = resolve_padding(padding, size, window, strides)
+    _assert_same(
+        lambda x, w: _plain_conv(x, w, strides, pads, dilation, channels),
+        lambda x, w: depthwise_conv2d_taps(x, w, strides, pads, dilation),
+        lambda x, w: conv2d(x, w, strides, padding, dilation, channels),
+        x,
+        kernel,
+    )
+
+
+def test_depthwise_conv2d_on_cpu_emits_no_convolution_in_any_direction():
+    x = jnp.ones((2, 8, 8, 6))
+    kernel = jnp.ones((3, 3, 1, 6))
+
+    def loss(x, w):
+        return jnp.sum(conv2d(x, w, (2, 2), "SAME", feature_group_count=6) ** 2)
+
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, kernel))
+    # A channel multiplier of 2 (kernel [3, 3, 1, 12]) is not depthwise-by-taps: grouped conv.
+    multiplier = jax.make_jaxpr(lambda x, w: conv2d(x, w, (1, 1), "SAME", (1, 1), 6))
+    assert "conv_general_dilated" in str(multiplier(x, jnp.ones((3, 3, 1, 12))))
 
 
 def test_conv_formulation_policy_on_resnet18_shapes():

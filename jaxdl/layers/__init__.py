@@ -32,6 +32,7 @@ from jaxdl.layers.conv import (
     DepthwiseConv1D,
     conv2d,
     depthwise_conv1d,
+    depthwise_conv2d_taps,
     he_normal_fan_out,
 )
 from jaxdl.layers.dense import Dense, classifier_head
@@ -90,6 +91,7 @@ __all__ = [
     "conv2d",
     "conv_output_lengths",
     "depthwise_conv1d",
+    "depthwise_conv2d_taps",
     "Embed",
     "GroupNorm",
     "Identity",

@@ -2,9 +2,12 @@
 
 ``Conv`` (2-D) and ``DepthwiseConv1D`` compute exactly what ``lax.conv_general_dilated`` computes,
 but on CPU they pick, per static shape and at trace time, a formulation XLA:CPU runs fast
-(``benchmarks/xla_cpu_slow_paths.py`` measures each choice). On GPU/TPU they always emit the plain
-convolution. Set ``JAXDL_CONV_IMPL=plain`` (read at trace time), a layer's ``impl='plain'`` or a
-model's ``conv_impl='plain'`` (``config.model.conv_impl``) to force the plain op everywhere.
+(``benchmarks/xla_cpu_slow_paths.py`` measures each choice); a depthwise ``Conv``
+(``feature_group_count`` = channels = features) is a sum of per-tap multiplies in every
+direction (``depthwise_conv2d_taps``; ``benchmarks/zoo_throughput.py`` measures it). On GPU/TPU
+they always emit the plain convolution. Set ``JAXDL_CONV_IMPL=plain`` (read at trace time), a
+layer's ``impl='plain'`` or a model's ``conv_impl='plain'`` (``config.model.conv_impl``) to force
+the plain op everywhere.
 """
 
 import contextlib
@@ -18,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 CONV_KERNEL_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
@@ -216,6 +220,111 @@ def _plain_conv(x, kernel, strides, pads, dilation, feature_group_count):
     )
 
 
+def _depthwise_taps(in_sizes, outs, kernel_size, strides, pads, dilation):
+    """(i, j, row start, column start) of each depthwise kernel tap that reads real input."""
+    return tuple(
+        (i, j, i * dilation[0], j * dilation[1])
+        for i in range(kernel_size[0])
+        for j in range(kernel_size[1])
+        if _tap_reads_input(i * dilation[0], outs[0], strides[0], pads[0][0], in_sizes[0])
+        and _tap_reads_input(j * dilation[1], outs[1], strides[1], pads[1][0], in_sizes[1])
+    )
+
+
+def _strided_tap(padded, start, strides, outs):
+    """Rows/columns ``start + k * stride`` (``outs`` of each) of ``padded`` [N, H, W, C]."""
+    limits = [s + (o - 1) * st + 1 for s, o, st in zip(start, outs, strides, strict=True)]
+    return lax.slice(
+        padded, (0, *start, 0), (padded.shape[0], *limits, padded.shape[3]), (1, *strides, 1)
+    )
+
+
+# XLA:CPU runs a depthwise convolution as a grouped convolution: its kernel gradient becomes a
+# dense C x C convolution plus a diagonal select, and its stride-2 input gradient leaves the fast
+# conv library -- together ~50 % of an EfficientNet-B0 step (benchmarks/zoo_throughput.py
+# --profile). Here all three directions are per-tap multiplies of strided slices, which fuse
+# into one elementwise loop (forward, input gradient) or one reduction per tap (kernel gradient).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_tap_sum(padded, kernel, taps, strides, outs):
+    y = None
+    for i, j, row, col in taps:
+        term = _strided_tap(padded, (row, col), strides, outs) * kernel[i, j, 0]
+        y = term if y is None else y + term
+    return y
+
+
+def _depthwise_tap_sum_fwd(padded, kernel, taps, strides, outs):
+    return _depthwise_tap_sum(padded, kernel, taps, strides, outs), (padded, kernel)
+
+
+def _depthwise_tap_sum_bwd(taps, strides, outs, residuals, dy):
+    padded, kernel = residuals
+    zero = jnp.zeros((), dy.dtype)
+    d_padded = None
+    for i, j, row, col in taps:
+        # The tap's slice, transposed: dy * k spread back to the rows/columns it was read from.
+        spread = [
+            (start, size - start - (o - 1) * st - 1, st - 1)
+            for start, size, o, st in zip((row, col), padded.shape[1:3], outs, strides, strict=True)
+        ]
+        term = lax.pad(dy * kernel[i, j, 0], zero, [(0, 0, 0), *spread, (0, 0, 0)])
+        d_padded = term if d_padded is None else d_padded + term
+    tap_grads = _depthwise_kernel_grad(padded, dy, taps, strides, outs)
+    rows, cols = (np.array([tap[k] for tap in taps]) for k in (0, 1))
+    d_kernel = jnp.zeros(kernel.shape, jnp.float32).at[rows, cols, 0].set(tap_grads)
+    return d_padded.astype(padded.dtype), d_kernel.astype(kernel.dtype)
+
+
+def _depthwise_kernel_grad(padded, dy, taps, strides, outs):
+    """[taps, C] float32: sum over batch and positions of each tap's slice times ``dy``.
+
+    One image at a time (a scan): the batch-wide reductions XLA:CPU emits otherwise stream the
+    whole batch through memory once per tap, ~6x slower than per-image ones that stay in cache.
+    """
+
+    def add_image(total, image_and_grad):
+        image, grad = (a[None] for a in image_and_grad)
+        sums = [
+            jnp.sum(_strided_tap(image, (row, col), strides, outs) * grad, (0, 1, 2), jnp.float32)
+            for _, _, row, col in taps
+        ]
+        return total + jnp.stack(sums), None
+
+    start = jnp.zeros((len(taps), padded.shape[3]), jnp.float32)
+    return lax.scan(add_image, start, (padded, dy))[0]
+
+
+_depthwise_tap_sum.defvjp(_depthwise_tap_sum_fwd, _depthwise_tap_sum_bwd)
+
+
+def depthwise_conv2d_taps(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+) -> jax.Array:
+    """Depthwise 2-D convolution (``x`` [N, H, W, C], ``kernel`` [kh, kw, 1, C]) as a sum of
+    per-channel multiplies of strided slices; equals ``lax.conv_general_dilated`` with
+    ``feature_group_count=C``. Taps that read only padding are dropped statically."""
+    batch, *in_sizes, channels = x.shape
+    kernel_size = kernel.shape[:2]
+    outs = tuple(
+        _out_size(n, p, (k - 1) * d + 1, s)
+        for n, p, k, d, s in zip(in_sizes, padding, kernel_size, dilation, strides, strict=True)
+    )
+    taps = _depthwise_taps(in_sizes, outs, kernel_size, strides, padding, dilation)
+    if not taps:
+        return jnp.zeros((batch, *outs, channels), jnp.result_type(x, kernel))
+    padded = lax.pad(
+        x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)]
+    )
+    # Materialised once: left fusable, XLA:CPU recomputes the producer (batch norm, activation)
+    # inside the forward fusion for every tap (EfficientNet-B0's stage 1: 37 ms -> gone).
+    padded = lax.optimization_barrier(padded)
+    return _depthwise_tap_sum(padded, kernel, taps, tuple(strides), outs)
+
+
 _FORMULATIONS = {"plain": _plain_conv, "taps": conv_as_taps}
 
 
@@ -265,6 +374,8 @@ def conv2d(
     args = (x, kernel, strides, pads, dilation, feature_group_count)
     if not use_fast_paths(impl):
         return _plain_conv(*args)
+    if feature_group_count > 1 and kernel.shape[2:] == (1, x.shape[3]):  # depthwise, multiplier 1
+        return depthwise_conv2d_taps(x, kernel, strides, pads, dilation)
     out_sizes = [
         _out_size(n, p, w, s) for n, p, w, s in zip(in_sizes, pads, window, strides, strict=True)
     ]
