@@ -579,6 +579,7 @@ def _predict_segmentation(args: argparse.Namespace, experiment, inference, sourc
         args.split,
         experiment.data.info.get("class_names"),
         args.batch_size,
+        ignore_index=experiment.task.ignore_index,
     )
     print(
         f"mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f} on "

@@ -154,6 +154,8 @@ def test_jaxdl_train_and_predict_on_a_mask_folder(tmp_path):
     results = json.loads((workdir / "results.json").read_text())
     assert set(results["per_class_iou"]) == {"background", "leaf", "stem"}
     assert 0.0 <= results["miou"] <= 1.0
+    for plot in ("mask_overlays.png", "per_class_iou.png"):  # drawn at the end of training
+        assert (workdir / "plots" / plot).stat().st_size > 0
     assert main(["predict", "--workdir", str(workdir)]) == 0
     analysis = workdir / "analysis"
     assert (analysis / "mask_overlays_test.png").stat().st_size > 0
@@ -161,3 +163,81 @@ def test_jaxdl_train_and_predict_on_a_mask_folder(tmp_path):
     assert json.loads((analysis / "segmentation_test.json").read_text())["miou"] == pytest.approx(
         results["miou"]
     )
+
+
+def _mark_ignored(root, stem="s2"):
+    """Sets a 2x3 block of one mask to 255 (Pascal VOC's ignore label); returns the mask."""
+    path = root / "masks" / f"{stem}.png"
+    mask = np.asarray(Image.open(path)).copy()
+    mask[3:5, 4:7] = 255
+    Image.fromarray(mask).save(path)
+    return mask
+
+
+def test_mask_folder_takes_the_ignore_label_only_when_set(tmp_path):
+    _write_mask_folder(tmp_path)
+    mask = _mark_ignored(tmp_path)
+    with pytest.raises(
+        RecordError, match=r"masks/s2.png holds class id 255 outside 0..2"
+    ) as raised:
+        MaskFolderSource(tmp_path)[2]
+    assert "set data.options.ignore_index=255" in str(raised.value)
+    assert "\n" not in str(raised.value)
+    source = MaskFolderSource(tmp_path, ignore_index=255)
+    np.testing.assert_array_equal(source[2]["labels"], mask)
+    # Other values outside the classes still fail, naming the file and the value.
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(tmp_path / "masks" / "s5.png")
+    with pytest.raises(RecordError, match=r"masks/s5.png holds class id 7 outside 0..2"):
+        source[5]
+    # Without classes.txt the ignore label is not a class: classes are 0..2 still.
+    (tmp_path / "classes.txt").unlink()
+    (tmp_path / "masks" / "s5.png").unlink()
+    (tmp_path / "images" / "s5.png").unlink()
+    assert MaskFolderSource(tmp_path, ignore_index=255).class_names == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="ignore_index 1 is a class id"):
+        MaskFolderSource(tmp_path, ignore_index=1)
+
+
+def test_load_data_and_task_take_the_sources_ignore_label(tmp_path):
+    from jaxdl.errors import ConfigError
+    from jaxdl.tasks.registry import build_task
+
+    _write_mask_folder(tmp_path, count=10)
+    _mark_ignored(tmp_path)
+    config = ml_collections.ConfigDict(
+        {
+            "data": {
+                "name": "mask_folder",
+                "options": {"root": str(tmp_path), "ignore_index": 255},
+                "split_fractions": (0.6, 0.2, 0.2),
+            },
+            "task": {"name": "segmentation"},
+        }
+    )
+    data = load_data(config.data)
+    assert data.info["ignore_index"] == 255 and data.info["num_classes"] == 3
+    assert build_task(config, data).ignore_index == 255  # the task's default: the data's
+    config.task.ignore_index = 254
+    with pytest.raises(ConfigError, match=r"task.ignore_index=254 but the data's .* 255"):
+        build_task(config, data)
+    del config.data.options["ignore_index"]
+    with pytest.raises(DataError, match=r"s2.png holds class id 255 .*ignore_index=255"):
+        load_data(config.data)
+
+
+def test_hf_segmentation_takes_the_ignore_label(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    masks = [np.zeros((4, 4), np.uint8), np.full((4, 4), 255, np.uint8)]
+    masks[0][1, 1] = 2
+    table = datasets.Dataset.from_dict(  # masks as 2-D arrays of class ids
+        {"image": [Image.new("RGB", (4, 4))] * 2, "mask": [m.tolist() for m in masks]},
+        features=datasets.Features(
+            {"image": datasets.Image(), "mask": datasets.Array2D((4, 4), "int64")}
+        ),
+    )
+    table.save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(RecordError, match=r"'mask' of .*row 1 holds class id 255"):
+        HFSegmentationSource(str(tmp_path / "ds"), num_classes=3)[1]
+    source = HFSegmentationSource(str(tmp_path / "ds"), ignore_index=255)
+    assert source.num_classes == 3  # 0..2: the ignore label is no class
+    np.testing.assert_array_equal(source[1]["labels"], masks[1])

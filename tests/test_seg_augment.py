@@ -113,6 +113,8 @@ def _data(size=8):
         ("crop", 9, r"crop must be a whole number of pixels in \[0, 8\]"),
         ("crop", 2.5, "crop must be a whole number"),
         ("interpolation", "cubic", "interpolation must be one of"),
+        ("ignore_index", 2, r"ignore_index 2 is a class id \(classes are 0..3\)"),
+        ("ignore_index", 2.5, "ignore_index must be a whole number outside"),
     ],
 )
 def test_bad_augmentation_settings_are_one_line_config_errors(field, value, message):
@@ -141,3 +143,23 @@ def test_task_config_fields_reach_the_task():
         6,
         1,
     )
+
+
+@pytest.mark.parametrize("rotate", [0.0, 30.0])
+def test_augmentation_fills_masks_with_the_ignore_label(rotate):
+    """Pixels brought in from outside the image: ``ignore_index`` when set (torchvision's and
+    mmseg's convention), else the background; shift-only and warped paths alike."""
+    images, masks = _batch(count=6, size=8)
+    batch = {"inputs": images, "labels": masks, EXAMPLE_MASK: np.ones(6)}
+    outs = {}
+    for ignore in (None, 255):
+        task = SemanticSegmentation(
+            (8, 8, 2), 4, max_shift=3, rotate_degrees=rotate, ignore_index=ignore
+        )
+        outs[ignore] = np.asarray(
+            jax.jit(task.prepare_train_batch)(jax.random.key(1), batch)["labels"]
+        )
+    brought_in = outs[255] == 255
+    assert brought_in.any() and set(np.unique(outs[255])) <= {0, 1, 2, 3, 255}
+    np.testing.assert_array_equal(outs[None][brought_in], 0)
+    np.testing.assert_array_equal(outs[None][~brought_in], outs[255][~brought_in])

@@ -426,3 +426,183 @@ def test_segment_unet_experiment_trains_and_reports_per_class_iou(tmp_path):
     assert set(results["per_class_iou"]) == {"background", *map(str, range(10))}
     assert results["per_class_iou"]["background"] > 0.8
     assert 0.0 < results["miou"] <= 1.0 and "val_miou" in results
+    for plot in ("mask_overlays.png", "per_class_iou.png"):  # drawn at the end of training
+        assert (tmp_path / "plots" / plot).stat().st_size > 0
+
+
+# --- ignore_index: pixels labelled with it count nowhere ---------------------------------------
+
+
+def _ignored_case(seed=4, classes=3, shape=(2, 5, 6)):
+    """Labels with a third of their pixels marked 255 (ignored), and random logits."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, shape).astype(np.int32)
+    labels[rng.random(shape) < 0.33] = 255
+    logits = rng.normal(size=(*shape, classes)).astype(np.float32)
+    return labels, logits
+
+
+def _task_loss(task, logits, labels):
+    batch = {"inputs": jnp.zeros((*labels.shape, 1)), "labels": labels}
+    return jax.jit(lambda lg, b: task.loss(lambda x: lg, b))(logits, batch)
+
+
+def test_ignore_index_loss_is_the_mean_over_counted_pixels():
+    labels, logits = _ignored_case()
+    valid = labels != 255
+    # NumPy references (float64) over the counted pixels only.
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    cross_entropy = -np.mean(np.log(probs[valid, labels[valid]]))
+    onehot = np.eye(3)[labels[valid]]
+    inter, total = (probs[valid] * onehot).sum(0), (probs[valid] + onehot).sum(0)
+    dice = 1 - np.mean((2 * inter + 1) / (total + 1))
+    plain = SemanticSegmentation((5, 6, 1), 3, ignore_index=255)
+    mixed = SemanticSegmentation((5, 6, 1), 3, dice_weight=0.5, ignore_index=255)
+    loss, metrics = _task_loss(plain, logits, labels)
+    assert float(loss) == pytest.approx(cross_entropy, rel=1e-5)
+    accuracy = np.mean(logits.argmax(-1)[valid] == labels[valid])
+    assert float(metrics["pixel_accuracy"]) == pytest.approx(accuracy)
+    assert float(_task_loss(mixed, logits, labels)[0]) == pytest.approx(
+        cross_entropy + 0.5 * dice, rel=1e-5
+    )
+    # An ignored pixel's logits do not matter.
+    changed = logits.copy()
+    changed[~valid] = 100.0 * np.random.default_rng(0).normal(size=changed[~valid].shape)
+    assert float(_task_loss(mixed, changed, labels)[0]) == pytest.approx(float(loss + 0.5 * dice))
+
+
+@pytest.mark.slow  # importing torch alone takes seconds
+def test_ignore_index_cross_entropy_equals_torch():
+    torch = pytest.importorskip("torch")
+    labels, logits = _ignored_case(seed=5)
+    expected = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits).permute(0, 3, 1, 2),
+        torch.from_numpy(labels).long(),
+        ignore_index=255,
+    )
+    task = SemanticSegmentation((5, 6, 1), 3, ignore_index=255)
+    assert float(_task_loss(task, logits, labels)[0]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_an_all_ignored_batch_has_a_zero_loss_not_nan():
+    labels = np.full((2, 4, 4), 255, np.int32)
+    logits = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype(np.float32)
+    task = SemanticSegmentation((4, 4, 1), 3, dice_weight=1.0, ignore_index=255)
+    loss, metrics = _task_loss(task, logits, labels)
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)  # cross-entropy 0, Dice (0 + 1) / (0 + 1)
+    assert float(metrics["pixel_accuracy"]) == 0.0
+    grads = jax.grad(lambda lg: _task_loss(task, lg, labels)[0])(logits)
+    assert np.all(np.asarray(grads) == 0.0)
+    batch = {"inputs": np.zeros((2, 4, 4, 1)), "labels": labels, EXAMPLE_MASK: np.ones(2)}
+    sums = jax.tree.map(np.asarray, task.eval_sums(lambda x: logits, batch))
+    results = task.summarize(sums)
+    assert results["loss"] == 0.0 and np.asarray(sums["confusion"]).sum() == 0
+
+
+def test_ignore_index_metrics_match_sklearn_on_counted_pixels():
+    labels, logits = _ignored_case(seed=6, classes=4, shape=(4, 6, 6))
+    task = SemanticSegmentation((6, 6, 1), 4, ignore_index=255)
+    mask = np.array([1, 1, 1, 0], np.float32)  # the last example is padding
+    batch = {"inputs": np.zeros((4, 6, 6, 1)), "labels": labels, EXAMPLE_MASK: mask}
+    sums = jax.tree.map(
+        np.asarray, jax.jit(lambda lg, b: task.eval_sums(lambda x: lg, b))(logits, batch)
+    )
+    counted = (labels != 255) & (mask[:, None, None] > 0)
+    predictions = logits.argmax(-1)
+    expected = sk_confusion_matrix(labels[counted], predictions[counted], labels=range(4))
+    np.testing.assert_array_equal(sums["confusion"], expected)
+    results = task.summarize(sums)
+    assert results == {**results, **segmentation_metrics(expected)}
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    safe = np.where(counted, labels, 0)
+    nll = -np.log(np.take_along_axis(probs, safe[..., None], -1)[..., 0])
+    assert results["loss"] == pytest.approx(nll[counted].mean(), rel=1e-5)
+
+
+def test_predict_confusion_and_overlays_leave_ignored_pixels_out(tmp_path):
+    from jaxdl.tasks.segmentation import pixel_confusion
+
+    labels, logits = _ignored_case(seed=7)
+    predictions = logits.argmax(-1)
+    valid = labels != 255
+    np.testing.assert_array_equal(
+        pixel_confusion(labels, predictions, 3, ignore_index=255),
+        sk_confusion_matrix(labels[valid], predictions[valid], labels=range(3)),
+    )
+    path = plot_mask_overlays(np.ones((2, 5, 6, 1)), labels, predictions, 3, tmp_path / "o.png")
+    assert path.stat().st_size > 0  # ignored pixels drawn white, not an index error
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (1, r"ignore_index 1 is a class id \(classes are 0..2\)"),
+        (255.0, "ignore_index must be a whole number"),
+        (True, "ignore_index must be a whole number"),
+        ("255", "ignore_index must be a whole number"),
+    ],
+)
+def test_bad_ignore_index_is_a_one_line_error(value, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        SemanticSegmentation((4, 4, 1), 3, ignore_index=value)
+    assert "\n" not in str(raised.value)
+    assert SemanticSegmentation((4, 4, 1), 3, ignore_index=-1).ignore_index == -1
+    assert SemanticSegmentation((4, 4, 1), 3, ignore_index=np.int64(3)).ignore_index == 3
+
+
+# --- end-of-training plots -----------------------------------------------------------------------
+
+
+def test_end_of_run_report_draws_mask_overlays_with_the_other_plots(tmp_path):
+    """The trainer's end-of-run hooks: ``report`` predicts the split's first readable examples
+    (one padded batch), ``write_plots`` draws them beside the per-class IoU bars (the training
+    runs in the slow tests check the files after ``jaxdl train``)."""
+    from jaxdl.data.records import RecordError
+    from jaxdl.tasks.segmentation import OVERLAY_EXAMPLES
+
+    class Records:  # record 1 is unreadable (data.on_error='skip')
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, index):
+            if index == 1:
+                raise RecordError("unreadable")
+            labels = np.full((8, 8), index % 3, np.int32)
+            labels[0] = 255  # ignored pixels draw white
+            return {"inputs": np.full((8, 8, 1), float(index), np.float32), "labels": labels}
+
+    seen = []
+
+    def outputs(batch):
+        seen.append(batch)
+        return batch["labels"] % 256 % 3
+
+    task = SemanticSegmentation((8, 8, 1), 3, ignore_index=255)
+    assert task.report(outputs, Records(), 16, str(tmp_path / "unused.jsonl")) == {}
+    (batch,) = seen
+    assert batch["inputs"].shape == (16, 8, 8, 1)  # padded to one compiled batch shape
+    shown = [int(v) for v in batch["inputs"][:OVERLAY_EXAMPLES, 0, 0, 0]]
+    assert shown == [0, 2, 3, 4, 5, 6]
+    task.write_plots({"per_class_iou": {"0": 1.0, "1": 0.5, "2": 0.0}}, str(tmp_path), "")
+    assert (tmp_path / "mask_overlays.png").stat().st_size > 0
+    assert (tmp_path / "per_class_iou.png").stat().st_size > 0
+    assert not (tmp_path / "unused.jsonl").exists()
+    # Without a report first (e.g. on several processes) only the IoU bars are drawn.
+    task.write_plots({"per_class_iou": {"0": 1.0, "1": 0.5, "2": 0.0}}, str(tmp_path), "_val")
+    assert (tmp_path / "per_class_iou_val.png").exists()
+    assert not (tmp_path / "mask_overlays_val.png").exists()
+
+
+@pytest.mark.parametrize("name", ["segment_unet.py", "segment_deeplab.py"])
+def test_segmentation_experiments_build_their_model(name):
+    from jaxdl.config import load_config
+    from jaxdl.experiment import model_kwargs
+
+    config = load_config(str(Path(__file__).parents[1] / "experiments" / name))
+    assert config.task.name == "segmentation" and config.data.name == "digit_scenes"
+    info = {"num_classes": 11}
+    model = get_model(config.model.name, **model_kwargs(config.model, info))
+    x = jnp.zeros((2, 32, 32, 1))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    assert logits.shape == (2, 32, 32, 11)

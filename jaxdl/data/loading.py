@@ -75,12 +75,20 @@ def _hf_image_pool(path: str, **options: Any) -> tuple[RecordSource, dict]:
 
 def _mask_folder_pool(**options: Any) -> tuple[RecordSource, dict]:
     source = MaskFolderSource(**options)
-    return source, {"kind": "image", "class_names": source.class_names}
+    return source, _segmentation_info(source)
 
 
 def _hf_segmentation_pool(path: str, **options: Any) -> tuple[RecordSource, dict]:
     source = HFSegmentationSource(path, **options)
-    return source, {"kind": "image", "class_names": source.class_names}
+    return source, _segmentation_info(source)
+
+
+def _segmentation_info(source: Any) -> dict:
+    """A mask source's pool info: its classes and, when set, its ignore label."""
+    info = {"kind": "image", "class_names": source.class_names}
+    if source.ignore_index is not None:
+        info["ignore_index"] = source.ignore_index
+    return info
 
 
 def _text_lines_pool(paths: Any) -> tuple[RecordSource, dict]:
@@ -323,6 +331,8 @@ def _split_image_pool(
         "channel_mean": mean.tolist(),
         "channel_std": std.tolist(),
     }
+    if "ignore_index" in info:  # mask sources' ignore label: the task's default
+        out_info["ignore_index"] = info["ignore_index"]
     return DataSplits(*splits, info=out_info)
 
 

@@ -9,13 +9,17 @@
   (an Image feature or a 2-D array of class ids).
 
 Classes come from ``classes.txt`` / ``class_names`` / ``num_classes`` (in that order); with none
-of them every mask is read once up front and the classes are 0..max label. ``source[i]`` gives
-uint8 ``inputs`` [H, W, C] and int32 ``labels`` [H, W] (``image_size`` resizes images bilinearly
-and masks by the nearest pixel, so labels stay class ids). A record whose mask is missing,
-undecodable, of another size than its image, not single-channel or holding a value >=
-``num_classes`` is a ``RecordError`` naming the file (stops the run, or is skipped and counted
-with ``data.on_error='skip'``); an image without a mask file, or a mask without an image, stops
-the listing with a ``ValueError`` naming it.
+of them every mask is read once up front and the classes are 0..max label. ``ignore_index``
+(``data.options.ignore_index``, e.g. 255 for Pascal VOC's object borders; None: no such label)
+is a mask value outside the classes that masks may hold: it is kept in the labels for the task to
+leave out (``task.ignore_index``, which defaults to it) and never counts as a class.
+``source[i]`` gives uint8 ``inputs`` [H, W, C] and int32 ``labels`` [H, W] (``image_size``
+resizes images bilinearly and masks by the nearest pixel, so labels stay class ids). A record
+whose mask is missing, undecodable, of another size than its image, not single-channel or holding
+a value outside ``0..num_classes - 1`` other than ``ignore_index`` is a ``RecordError`` naming
+the file and the value (stops the run, or is skipped and counted with ``data.on_error='skip'``);
+an image without a mask file, or a mask without an image, stops the listing with a
+``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class _SegmentationSource:
     color_mode: str
     num_classes: int
     class_names: list[str]
+    ignore_index: int | None = None
 
     def _image_and_mask(self, index: int) -> tuple[Image.Image, Image.Image]:
         raise NotImplementedError
@@ -74,6 +79,13 @@ class _SegmentationSource:
 
     def _mask_name(self, index: int) -> str:
         return self.describe(index)
+
+    def _set_ignore_index(self, ignore_index: Any) -> None:
+        if ignore_index is not None and (
+            isinstance(ignore_index, bool) or not isinstance(ignore_index, int | np.integer)
+        ):
+            raise ValueError(f"ignore_index must be a whole number or None, got {ignore_index!r}")
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
 
     def _set_classes(self, class_names: Sequence[str] | None, num_classes: int | None) -> None:
         if class_names is not None:
@@ -85,11 +97,20 @@ class _SegmentationSource:
         else:  # read every mask once: the classes are 0..the largest label
             largest = 0
             for index in range(len(self)):
-                largest = max(largest, int(self._decoded(index, check_range=False)[1].max()))
+                labels = self._decoded(index, check_range=False)[1]
+                if self.ignore_index is not None:
+                    labels = labels[labels != self.ignore_index]
+                if labels.size:
+                    largest = max(largest, int(labels.max()))
             self.class_names = [str(c) for c in range(max(largest + 1, 2))]
         if len(self.class_names) < 2:
             raise ValueError(f"a segmentation dataset needs >= 2 classes, got {self.class_names}")
         self.num_classes = len(self.class_names)
+        if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:
+            raise ValueError(
+                f"ignore_index {self.ignore_index} is a class id (classes are "
+                f"0..{self.num_classes - 1}); pick a label outside them, e.g. 255"
+            )
 
     def _decoded(self, index: int, check_range: bool = True) -> tuple[np.ndarray, np.ndarray]:
         image, mask = self._image_and_mask(index)
@@ -113,12 +134,21 @@ class _SegmentationSource:
             raise
         except _DECODE_ERRORS as error:
             raise RecordError(f"cannot decode mask {self._mask_name(index)}: {error}") from None
-        if check_range and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = int(labels.max()) if labels.max() >= self.num_classes else int(labels.min())
-            raise RecordError(
-                f"mask {self._mask_name(index)} holds class id {bad} outside "
-                f"0..{self.num_classes - 1} ({self.num_classes} classes)"
-            )
+        if check_range:
+            outside = (labels < 0) | (labels >= self.num_classes)
+            if self.ignore_index is not None:
+                outside &= labels != self.ignore_index
+            if outside.any():
+                bad = int(labels[outside].flat[0])
+                hint = (
+                    f"; if {bad} marks pixels to ignore, set data.options.ignore_index={bad}"
+                    if self.ignore_index is None
+                    else f", ignore label {self.ignore_index}"
+                )
+                raise RecordError(
+                    f"mask {self._mask_name(index)} holds class id {bad} outside "
+                    f"0..{self.num_classes - 1} ({self.num_classes} classes{hint})"
+                )
         return pixels, labels
 
     def __getitem__(self, index: int) -> Record:
@@ -136,8 +166,10 @@ class MaskFolderSource(_SegmentationSource):
         color_mode: str = "rgb",
         class_names: Sequence[str] | None = None,
         num_classes: int | None = None,
+        ignore_index: int | None = None,
     ):
         _check_color_mode(color_mode)
+        self._set_ignore_index(ignore_index)
         self.root = Path(root)
         self.color_mode = color_mode
         self.size = normalize_size(image_size)
@@ -223,8 +255,10 @@ class HFSegmentationSource(_SegmentationSource):
         color_mode: str | None = None,
         class_names: Sequence[str] | None = None,
         num_classes: int | None = None,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ):
+        self._set_ignore_index(ignore_index)
         if color_mode is not None:
             _check_color_mode(color_mode)
         self.name = f"{name_or_path}[{split}]"

@@ -113,17 +113,18 @@ def joint_shift_flip(
     max_shift: int = 0,
     flip_left_right: bool = False,
     fill: float | Sequence[float] = 0.0,
+    mask_fill: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """On-device augmentation applied alike to images [B, H, W, C] and masks [B, H, W]: a random
     crop of the batch padded by ``max_shift`` (images padded with ``fill``, one value or one per
-    channel; masks with class 0, the background) and, with ``flip_left_right``, a random
-    horizontal flip; jit-able."""
+    channel; masks with ``mask_fill``: class 0, the background, or an ignore label) and, with
+    ``flip_left_right``, a random horizontal flip; jit-able."""
     batch, height, width = masks.shape
     shift_key, flip_key = jax.random.split(key)
     pad = ((0, 0), (max_shift, max_shift), (max_shift, max_shift))
     fill = jnp.asarray(fill, images.dtype)
     images = jnp.pad(images - fill, (*pad, (0, 0))) + fill
-    masks = jnp.pad(masks, pad)
+    masks = jnp.pad(masks, pad, constant_values=mask_fill)
     offsets = jax.random.randint(shift_key, (batch, 2), 0, 2 * max_shift + 1)
 
     def crop(image, mask, offset):

@@ -42,7 +42,9 @@ class DeepLabV3(nn.Module):
     ``depth``: the ResNet backbone (18/34/50/101/152; 50 and 101 are torchvision's; 18/34 use
     BasicBlocks with both 3x3 convs dilated, 512 backbone channels: small models for CPU runs).
     ``output_stride``: 8 (torchvision's), 16 or 32. ``width`` (backbone base width, default 64)
-    and ``head_features`` (ASPP/head channels, 256) shrink the model for experiments.
+    and ``head_features`` (ASPP/head channels, 256) shrink the model for experiments; ``stem``
+    'cifar' (one 3x3/1 conv instead of the 7x7/2 conv + max-pool: output strides are then 4x
+    finer) keeps small images' feature maps large enough to segment.
     Parameters: ``backbone`` (``ResNet`` names: ``stem_conv``, ``stage3_block1``, ...) and
     ``head`` (``DeepLabHead``: ``aspp``, ``conv``, ``norm``, ``classifier``).
     """
@@ -52,6 +54,7 @@ class DeepLabV3(nn.Module):
     output_stride: int = 8
     atrous_rates: tuple[int, ...] = DEEPLAB_ATROUS_RATES
     width: int | None = None
+    stem: str = "auto"
     head_features: int = 256
     dropout_rate: float = 0.5
     norm: str = "batch"
@@ -87,6 +90,7 @@ class DeepLabV3(nn.Module):
             depth=self.depth,
             num_classes=self.num_classes,
             width=self.width,
+            stem=self.stem,
             norm=self.norm,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -150,11 +150,22 @@ def _segmentation(task_config, data, config) -> Task:
     ``task.max_shift`` / ``task.flip_left_right`` / ``task.rotate_degrees`` /
     ``task.scale_range`` (low, high) / ``task.crop`` (pixels) augment image and mask jointly (the
     image filled with the standardised value of a black pixel, the mask with background;
-    ``task.interpolation`` 'bilinear' or 'nearest' resamples the image)."""
+    ``task.interpolation`` 'bilinear' or 'nearest' resamples the image). ``task.ignore_index``
+    (default: the data's, ``data.options.ignore_index`` of the mask sources) is a label whose
+    pixels count nowhere (augmentation fills the mask with it instead of background)."""
     del config
     names = _class_names(data)
     if not names:
         raise DataError("task 'segmentation' needs data with num_classes or class_names")
+    ignore_index = task_config.get("ignore_index", None)
+    data_ignore = data.info.get("ignore_index")
+    if ignore_index is None:
+        ignore_index = data_ignore
+    elif data_ignore is not None and ignore_index != data_ignore:
+        raise ConfigError(
+            f"task.ignore_index={ignore_index!r} but the data's ignore label is {data_ignore} "
+            "(data.options.ignore_index); set them alike or drop task.ignore_index"
+        )
     return _classification(
         SemanticSegmentation,
         input_shape=_first(data, "inputs", "segmentation").shape,
@@ -167,6 +178,7 @@ def _segmentation(task_config, data, config) -> Task:
         scale_range=task_config.get("scale_range", (1.0, 1.0)),
         crop=task_config.get("crop", 0),
         interpolation=task_config.get("interpolation", "bilinear"),
+        ignore_index=ignore_index,
         fill=-np.asarray(data.info.get("channel_mean", 0.0), np.float32)
         / np.asarray(data.info.get("channel_std", 1.0), np.float32),
     )
