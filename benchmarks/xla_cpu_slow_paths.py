@@ -3,7 +3,8 @@
 For each op (batch 32, NHWC, f32, jit, median wall ms) it times the forward pass, the input
 gradient and the kernel gradient of: the plain op (``lax.conv_general_dilated`` / ``nn.max_pool``),
 the hand-written formulation (im2col by strided slices + one matmul, an elementwise max of window
-slices with a masked gradient, K shifted multiplies), and what ``jaxdl.layers`` picks ("auto").
+slices with a masked gradient, K shifted multiplies, a depthwise 2-D conv's k*k strided
+multiplies), and what ``jaxdl.layers`` picks ("auto").
 Rerun it when jax moves: when the plain column matches the fast one, drop the workaround.
 
     python benchmarks/xla_cpu_slow_paths.py            # all ops
@@ -64,7 +65,7 @@ def cases() -> list[dict[str, Any]]:
     import flax.linen as nn
     import jax
 
-    from jaxdl.layers import conv2d, depthwise_conv1d, max_pool
+    from jaxdl.layers import conv2d, depthwise_conv1d, depthwise_conv2d_taps, max_pool
     from jaxdl.layers.conv import conv_as_taps, conv_formulations
     from jaxdl.layers.pooling import max_pool_taps
 
@@ -118,6 +119,36 @@ def cases() -> list[dict[str, Any]]:
             "auto": ("31 shifted multiplies", lambda x, w: depthwise_conv1d(x, w, 1, (15, 15))),
         }
     )
+    depthwise = [  # (size, channels, kernel, stride): EfficientNet-B0 blocks at 96x96 input
+        (48, 96, 3, 2),  # stage 2's first block (stride-2 input gradient off the fast library)
+        (24, 144, 3, 1),
+        (12, 240, 5, 1),
+        (6, 672, 5, 1),
+    ]
+    for size, channels, k, stride in depthwise:
+        x = jax.random.normal(key, (32, size, size, channels))
+        w = jax.random.normal(key, (k, k, 1, channels)) * 0.1
+        strides, same = (stride, stride), ((k // 2, k // 2),) * 2
+        taps = f"{k * k} strided multiplies"
+        out.append(
+            {
+                "op": f"depthwise {k}x{k}/{stride}, C={channels}, {size}x{size}",
+                "args": (x, w),
+                "plain": lambda x, w, s=strides, p=same, c=channels: conv2d(
+                    x, w, s, p, feature_group_count=c, impl="plain"
+                ),
+                "fast": (
+                    taps,
+                    lambda x, w, s=strides, p=same: depthwise_conv2d_taps(x, w, s, p, (1, 1)),
+                ),
+                "auto": (
+                    taps,
+                    lambda x, w, s=strides, p=same, c=channels: conv2d(
+                        x, w, s, p, feature_group_count=c
+                    ),
+                ),
+            }
+        )
     return out
 
 
