@@ -33,6 +33,7 @@ Errors are mostly digits confused where two digits overlap (the image keeps the 
 from pathlib import Path
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxdl import config_sections as sections
 from jaxdl.config import load_config, parse_config_arg
@@ -81,6 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task.crop = args.crop
     config.task.max_shift = args.shift
     config.task.interpolation = args.interp
+    # A label whose pixels count nowhere (e.g. 255 as Pascal VOC); None: every pixel counts.
+    config.task.ignore_index = config_dict.placeholder(int)
     del config["augment"]  # image-only augmentations would move pixels away from their mask
 
     config.model = ml_collections.ConfigDict()
