@@ -26,7 +26,9 @@ _VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "gr
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--full``, ``--out`` and ``--xla-flags``, which every benchmark understands."""
+    """Adds ``--full``, ``--out``, ``--xla-flags`` and ``--profile-dir``, which every benchmark
+    understands (``--profile-dir``: benchmarks that time a jaxdl step trace a few more steps
+    there and print the ops they spent their time in, ``op_profile.profile_steps``)."""
     parser.add_argument(
         "--full",
         action="store_true",
@@ -39,6 +41,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--xla-flags",
         default="",
         help="extra XLA flags appended to $XLA_FLAGS, e.g. '--xla_cpu_use_onednn=true'",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        default=None,
+        help="trace a few jaxdl steps after timing them and print the op time table",
     )
 
 

@@ -67,6 +67,7 @@ from common import (
     time_steps,
     write_report,
 )
+from op_profile import profile_steps
 
 NAME = "conformer_throughput"
 # The peers' CPU conformer case (cpu_peers.py CONF=dict(B=8, T=200, d=144, L=4, h=4, ffn=576,
@@ -148,7 +149,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="jaxdl rows to time: absolute, relative or both (comma-separated)",
     )
     parser.add_argument(  # jaxdl.layers.CONV_IMPLS, not imported: the torch worker has no jax
-        "--conv-impl", choices=("auto", "plain"), default="auto", help="jaxdl conv_impl"
+        "--conv-impl", choices=("auto", "plain", "custom"), default="auto", help="jaxdl conv_impl"
     )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (first compiles)")
@@ -316,10 +317,12 @@ def measure_jaxdl(
     head: int = 0,
     learning_rate: float = LEARNING_RATE,
     conv_impl: str = "auto",
+    profile_dir: str | None = None,
 ) -> tuple[dict[str, Any], Callable[[], dict[str, Any]]]:
     """Builds, compiles (on the first step) and times the jaxdl train step on one synthetic
     batch (features N(0, 1), every frame real). Returns the first measurement and a function
-    that times the steps again (later rounds)."""
+    that times the steps again (later rounds). With ``profile_dir``, a few more steps are
+    traced there and their op table printed."""
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -398,8 +401,11 @@ def measure_jaxdl(
     params = count_params(state.params)
     first = remeasure()  # first_step_s: tracing + compilation + the first step
     head_params = count_params(state.params.get("head", {}))
+    if profile_dir:
+        label = f"conformer_d{d}_l{workload['layers']}_{positions}_{conv_impl}_{dtype}"
+        profile_steps(run_step, profile_dir, label)
     return {
-        "path": f"jaxdl ConformerBlock x{workload['layers']} ({positions}, {dtype})",
+        "path": f"jaxdl ConformerBlock x{workload['layers']} ({positions}, {dtype}, {conv_impl})",
         "params": params - head_params,
         "head_params": head_params,
         "first_loss": float(losses[0]),
@@ -656,6 +662,7 @@ def run_full(args: argparse.Namespace) -> int:
                     head=FULL_HEAD,
                     learning_rate=FULL_LR,
                     conv_impl=args.conv_impl,
+                    profile_dir=args.profile_dir,
                 )
                 rows.append(
                     {
@@ -710,7 +717,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     jaxdl_rows, remeasures = {}, {}
     for positions in args.positions:
         jaxdl_rows[positions], remeasures[positions] = measure_jaxdl(
-            workload, positions, args.warmup, args.steps, conv_impl=args.conv_impl
+            workload,
+            positions,
+            args.warmup,
+            args.steps,
+            conv_impl=args.conv_impl,
+            profile_dir=args.profile_dir,
         )
     counts = ", ".join(f"jaxdl {p} {row['params']:,}" for p, row in jaxdl_rows.items())
     print(f"parameters: {counts}, torchaudio Conformer {torch_params:,}", flush=True)

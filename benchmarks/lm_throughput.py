@@ -63,6 +63,7 @@ from common import (
     time_steps,
     write_report,
 )
+from op_profile import profile_steps
 
 NAME = "lm_throughput"
 LM_TEXT_CONFIG = os.path.join(REPO_ROOT, "experiments", "lm_text.py")
@@ -81,6 +82,7 @@ FULL_MODELS = (
     ("gpt2-small (124M)", 768, 12, 12, 32),
     ("gpt2-medium (~350M)", 1024, 24, 16, 16),
 )
+FULL_SIZES = {"124m": FULL_MODELS[0], "350m": FULL_MODELS[1]}
 FULL_VOCAB, FULL_SEQ_LEN = 50304, 1024
 # rounds, untimed warm-up steps, timed steps (bare and torch), trainer log window, timed windows
 CPU_SCHEDULE = {"rounds": 3, "warmup": 3, "steps": 10, "log_every": 10, "windows": 3}
@@ -149,6 +151,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument(
         "--peak-tflops", type=float, default=989.0, help="--full: peak for MFU (dense bf16)"
     )
+    parser.add_argument(
+        "--full-sizes",
+        default="124m,350m",
+        help="--full: models to time (124m, 350m; comma-separated)",
+    )
+    parser.add_argument(
+        "--full-batch", type=int, default=None, help="--full: batch size of every model (32 / 16)"
+    )
     parser.add_argument("--verbose", action="store_true", help="show the trainer's output")
     parser.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
@@ -169,6 +179,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
             parser.error(f"--{field.replace('_', '-')} must be >= 1")
     if args.embed_dim % args.heads:
         parser.error("--embed-dim must be a multiple of --heads")
+    sizes = [size.strip().lower() for size in args.full_sizes.split(",") if size.strip()]
+    if not sizes or set(sizes) - set(FULL_SIZES):
+        parser.error(f"--full-sizes must name some of {tuple(FULL_SIZES)}")
+    args.full_models = tuple(FULL_SIZES[size] for size in sizes)
+    if args.full_batch is not None and args.full_batch < 1:
+        parser.error("--full-batch must be >= 1")
     if not args.full and not 4 <= args.vocab <= CJK_COUNT + 3:
         parser.error(f"--vocab must be in [4, {CJK_COUNT + 3}] (the corpus is CJK characters)")
     return args, overrides
@@ -302,7 +318,7 @@ def measure_steps(
 
 
 def measure_bare(
-    config: Any, packed: bool, warmup: int, steps: int
+    config: Any, packed: bool, warmup: int, steps: int, profile_dir: str | None = None
 ) -> tuple[dict[str, Any], Callable[[], dict[str, Any]]]:
     """Compiles and times the library's train step alone on one synthetic batch, built from the
     same ``config.model`` / ``optimizer`` / ``schedule`` / ``mesh`` the trainer reads.
@@ -311,6 +327,7 @@ def measure_bare(
     ``ShardedStep.lower(...).compile()`` lowers ``lr_scale`` as a sharded ShapeDtypeStruct, whose
     cache entry ``ShardedStep.__call__`` (a NumPy scalar) misses, so it would compile twice.
     Returns the first measurement and a function that times the steps again (later rounds).
+    With ``profile_dir``, a few more steps are traced there and their op table printed.
     """
     import flax.linen as nn
     import jax
@@ -384,6 +401,9 @@ def measure_bare(
         "init_s": init_seconds,
         **remeasure(),  # first_step_s: tracing + compilation + the first step
     }
+    if profile_dir:
+        label = f"lm_{model.__class__.__name__}_d{config.model.embed_dim}_b{batch}"
+        profile_steps(run_step, profile_dir, f"{label}_{'packed' if packed else 'plain'}")
     return first, remeasure
 
 
@@ -627,13 +647,14 @@ def run_full(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     rows: list[dict[str, Any]] = []
     formula = "6*N + 12*L*d*T FLOPs per token (N: params less the position table)"
     if platform != "gpu":
-        for name, *_ in FULL_MODELS:
+        for name, *_ in args.full_models:
             for framework in ("jaxdl bare step", "torch.compile (torch_peers.py)"):
                 rows.append({"model": name, "framework": framework, "status": "not measured"})
         print(f"--full: not measured (jax's backend is {platform}: no GPU in this session)")
     else:
         with tempfile.TemporaryDirectory(prefix="jaxdl_lm_bench_") as tmp:
-            for name, d, layers, heads, batch in FULL_MODELS:
+            for name, d, layers, heads, batch in args.full_models:
+                batch = args.full_batch or batch
                 workload = {
                     "vocab": FULL_VOCAB,
                     "seq_len": FULL_SEQ_LEN,
@@ -646,7 +667,7 @@ def run_full(args: argparse.Namespace, overrides: Sequence[str]) -> int:
                     "gelu": args.gelu,
                 }
                 config, _ = load_bench_config(tmp, "unused", workload, 1, 1, overrides)
-                result, _ = measure_bare(config, False, args.warmup, args.steps)
+                result, _ = measure_bare(config, False, args.warmup, args.steps, args.profile_dir)
                 flops = flops_per_token(result["params_no_pos"], layers, d, FULL_SEQ_LEN)
                 mfu = result["tokens_per_s"] * flops / (args.peak_tflops * 1e12) * 100
                 rows.append(
@@ -668,8 +689,9 @@ def run_full(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         "mode": "full",
         "models": [
             dict(zip(("name", "d", "layers", "heads", "batch"), m, strict=True))
-            for m in FULL_MODELS
+            for m in args.full_models
         ],
+        "full_batch": args.full_batch,
         "vocab": FULL_VOCAB,
         "seq_len": FULL_SEQ_LEN,
         "dtype": "bfloat16 compute, float32 params",
@@ -735,8 +757,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(config_path) as handle:
             config_source = handle.read()
 
-        bare_packed, remeasure_packed = measure_bare(config, True, args.warmup, args.steps)
-        bare_plain, remeasure_plain = measure_bare(config, False, args.warmup, args.steps)
+        bare_packed, remeasure_packed = measure_bare(
+            config, True, args.warmup, args.steps, args.profile_dir
+        )
+        bare_plain, remeasure_plain = measure_bare(
+            config, False, args.warmup, args.steps, args.profile_dir
+        )
         jax_params = bare_packed["params"]
         print(f"parameters: jaxdl {jax_params:,}, torch (peer GPT) {torch_params:,}", flush=True)
         if abs(jax_params - torch_params) > 0.01 * torch_params:

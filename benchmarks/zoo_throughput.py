@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import importlib.util
 import json
 import os
@@ -49,6 +47,7 @@ from common import (
     time_steps,
     write_report,
 )
+from op_profile import op_totals
 
 NAME = "zoo_throughput"
 # jaxdl registry name -> torchvision.models builder name.
@@ -235,21 +234,16 @@ def profile_step(
 
     run_step()  # warm
     with tempfile.TemporaryDirectory(prefix="zoo-trace-") as directory:
-        jax.profiler.start_trace(directory)
-        for _ in range(steps):
-            run_step()
-        jax.profiler.stop_trace()
-        paths = glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
-        if not paths:
-            return {"error": "no *.trace.json.gz written"}
-        with gzip.open(paths[0], "rt") as handle:
-            trace = json.load(handle)
-    per_op: collections.Counter[str] = collections.Counter()
-    for event in trace.get("traceEvents", []):
-        args = event.get("args", {})
-        # XLA:CPU's op events name the HLO op in their args; host-side events do not.
-        if event.get("ph") == "X" and "dur" in event and ("hlo_op" in args or "long_name" in args):
-            per_op[event["name"]] += event["dur"] / 1e3 / steps
+        with jax.profiler.trace(directory):
+            for _ in range(steps):
+                run_step()
+        try:
+            totals = op_totals(directory)
+        except FileNotFoundError as error:
+            return {"error": str(error)}
+    per_op: collections.Counter[str] = collections.Counter(
+        {name: total / 1e6 / steps for name, (total, _, _) in totals.items()}
+    )
     instructions = _hlo_instructions(hlo_text)
     categories: collections.Counter[str] = collections.Counter()
     described = {}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxdl.layers import BasicBlock, Conv, DepthwiseConv1D, conv2d, depthwise_conv1d, max_pool
+from jaxdl.layers import conv as conv_module
 from jaxdl.layers.conv import (
     IMPL_ENV_VAR,
     conv_as_taps,
@@ -232,6 +233,38 @@ def test_plain_switches_env_var_layer_attribute_and_model_field(monkeypatch):
     for name in ("resnet18", "vgg11", "lenet5"):  # config.model.conv_impl is validated
         with pytest.raises(ValueError, match="conv_impl"):
             get_model(name, num_classes=2, conv_impl="im2col")
+
+
+@pytest.mark.parametrize(
+    ("platform", "impl", "env", "conv2d_custom", "depthwise_custom"),
+    [
+        ("cpu", "auto", None, True, True),
+        ("gpu", "auto", None, False, True),  # only the depthwise 1-D form pays on GPU
+        ("tpu", "auto", None, False, False),
+        ("gpu", "plain", None, False, False),
+        ("gpu", "auto", "plain", False, False),
+        ("tpu", "custom", None, True, True),
+        ("tpu", "auto", "custom", True, True),
+        ("cpu", "custom", "plain", False, False),  # 'plain' wins
+    ],
+)
+def test_the_platform_and_impl_setting_pick_the_formulation(
+    monkeypatch, platform, impl, env, conv2d_custom, depthwise_custom
+):
+    monkeypatch.setattr(conv_module, "trace_platform", lambda: platform)
+    if env:
+        monkeypatch.setenv(IMPL_ENV_VAR, env)
+    x, w = jnp.ones((1, 2, 2, 4)), jnp.ones((3, 3, 4, 4))
+    jaxpr = jax.make_jaxpr(lambda x, w: conv2d(x, w, (1, 1), "SAME", impl=impl))(x, w)
+    assert ("conv_general_dilated" not in str(jaxpr)) == conv2d_custom
+    x1, w1 = jnp.ones((2, 16, 8)), jnp.ones((5, 1, 8))
+    layer = DepthwiseConv1D(5, impl=impl)
+    variables = layer.init(KEY, x1)
+    jaxpr = jax.make_jaxpr(lambda x: layer.apply(variables, x))(x1)
+    assert ("conv_general_dilated" not in str(jaxpr)) == depthwise_custom
+    got = depthwise_conv1d(x1, w1, 1, (2, 2), impl=impl)
+    want = depthwise_conv1d(x1, w1, 1, (2, 2), impl="plain")
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
