@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
+from jaxdl.xla_flags import OPT_OUT_ENV, apply_default_xla_flags
+
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCHMARKS_DIR)
 _VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
@@ -50,14 +52,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_xla_flags(flags: str) -> str:
-    """Appends ``flags`` to ``$XLA_FLAGS`` after checking XLA accepts them; returns the result.
+    """Appends jaxdl's default flags (``jaxdl.xla_flags``, as the ``jaxdl`` command does) and
+    ``flags`` to ``$XLA_FLAGS``, after checking XLA accepts ``flags``; returns the result.
 
     Must run before the first jax backend is created (XLA reads the variable then). XLA aborts the
     whole process on an unknown flag, so the flags are first tried in a throwaway subprocess to turn
     that into a one-line ``ValueError``.
     """
     combined = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flags.strip()]))
+    # The library's defaults (what the ``jaxdl`` command sets), unless ``flags`` or the
+    # environment set the same flag.
+    defaults = {"XLA_FLAGS": combined, OPT_OUT_ENV: os.environ.get(OPT_OUT_ENV, "1")}
+    apply_default_xla_flags(defaults)
+    combined = defaults["XLA_FLAGS"]
     if not flags.strip():
+        os.environ["XLA_FLAGS"] = combined
         return combined
     probe = subprocess.run(
         [sys.executable, "-c", "import jax; jax.devices()"],

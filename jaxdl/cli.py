@@ -1039,6 +1039,9 @@ def _skip_absent_tpu() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _skip_absent_tpu()
+    from jaxdl.xla_flags import apply_default_xla_flags
+
+    apply_default_xla_flags()
     args, extra = _parser().parse_known_args(argv)
     from jaxdl.errors import JaxdlExit
 

@@ -1,13 +1,17 @@
-"""Test-wide setup: 8 fake CPU devices so sharding strategies run on any machine.
+"""Test-wide setup: 8 fake CPU devices so sharding strategies run on any machine, and the XLA
+flags the ``jaxdl`` command sets (``jaxdl.xla_flags``), so in-process tests run what it runs.
 
 Must run before jax is imported anywhere, which pytest guarantees for the rootdir conftest.
 """
 
 import os
 
+from jaxdl.xla_flags import apply_default_xla_flags
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+apply_default_xla_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")

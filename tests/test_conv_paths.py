@@ -72,6 +72,9 @@ CONV_CASES = [
     ((2, 2), (3, 3), (1, 1), "SAME", (1, 1), 2),  # grouped
     ((4, 5), (3, 3), (2, 1), 1, (1, 2), 4),  # depthwise (groups = channels)
     ((2, 1), (2, 2), (1, 1), ((3, 3), (0, 3)), (1, 1), 1),  # some taps read only padding
+    ((6, 5), (1, 1), (2, 2), "VALID", (1, 1), 1),  # 1x1/2: ResNet's downsampling shortcut
+    ((3, 4), (1, 1), (1, 1), ((1, 0), (0, 2)), (1, 1), 1),  # padded 1x1
+    ((4, 4), (1, 1), (1, 1), "SAME", (1, 1), 2),  # grouped 1x1
 ]
 
 
@@ -143,11 +146,13 @@ def test_depthwise_conv2d_on_cpu_emits_no_convolution_in_any_direction():
 
 
 def test_conv_formulation_policy_on_resnet18_shapes():
-    # 3x3 on 2x2: everything as taps; 3x3/2 from 4x4 to 2x2: input gradient only; 4x4+: plain.
+    # 3x3 on 2x2: everything as taps; 3x3/2 from 4x4 to 2x2: input gradient only; 4x4+: plain;
+    # 1x1: one matmul everywhere.
     assert conv_formulations((2, 2), (2, 2), (3, 3), (1, 1)) == ("taps", "taps", "taps")
     assert conv_formulations((4, 4), (2, 2), (3, 3), (1, 1)) == ("plain", "taps", "plain")
     assert conv_formulations((4, 4), (4, 4), (3, 3), (1, 1)) == ("plain",) * 3
-    assert conv_formulations((4, 4), (2, 2), (1, 1), (1, 1)) == ("plain",) * 3
+    assert conv_formulations((4, 4), (2, 2), (1, 1), (1, 1)) == ("taps",) * 3  # a matmul
+    assert conv_formulations((16, 16), (16, 16), (1, 1), (1, 1)) == ("taps",) * 3
     assert conv_formulations((4, 4), (4, 4), (3, 3), (2, 2)) == ("taps", "taps", "taps")
 
 

@@ -149,9 +149,12 @@ def conv_formulations(
     XLA:CPU's convolution is 20-100x slower than the equivalent im2col matmul when the (dilated)
     kernel is larger than the feature map it slides over: the input in the forward pass (a 3x3
     conv on ResNet-18's 2x2 stage 4 at 64x64 input) and, for the input gradient, also the output
-    (the 3x3/2 conv from 4x4 to 2x2). Elsewhere the plain conv is about as fast or faster (taps
-    for 1x1 kernels and <= 4x4 maps win alone by 10-60% but not within a ResNet-18 step), so it
-    stays. Measured by ``benchmarks/xla_cpu_slow_paths.py``.
+    (the 3x3/2 conv from 4x4 to 2x2). A 1x1 kernel is one matmul (of the strided input) in every
+    direction: with convolutions off YNNPACK (``jaxdl.xla_flags``) XLA's own 1x1 convolution is
+    slower than YNNPACK's matmul (the matmul form: MobileNetV3-small's step 17-25 % faster,
+    EfficientNet-B0's 15-21 %, ResNet-50's 0-14 %; benchmarks/README.md, issue 13). Elsewhere
+    the plain conv is about as fast or faster, so it stays. Measured by
+    ``benchmarks/xla_cpu_slow_paths.py`` and ``zoo_throughput.py``.
     """
 
     def smaller_than_kernel(sizes: Sequence[int]) -> bool:
@@ -160,6 +163,8 @@ def conv_formulations(
             for n, k, d in zip(sizes, kernel_size, dilation, strict=True)
         )
 
+    if all(k == 1 for k in kernel_size):
+        return "taps", "taps", "taps"
     forward = "taps" if smaller_than_kernel(in_sizes) else "plain"
     input_grad = "taps" if forward == "taps" or smaller_than_kernel(out_sizes) else "plain"
     return forward, input_grad, forward
