@@ -6,9 +6,13 @@ the hand-written formulation (im2col by strided slices + one matmul, an elementw
 slices with a masked gradient, K shifted multiplies, a depthwise 2-D conv's k*k strided
 multiplies), and what ``jaxdl.layers`` picks ("auto").
 Rerun it when jax moves: when the plain column matches the fast one, drop the workaround.
+It runs under jaxdl's default XLA flags (``jaxdl/xla_flags.py``: convolutions off YNNPACK), as
+the ``jaxdl`` command does; ``JAXDL_DEFAULT_XLA_FLAGS=0`` shows XLA's own defaults, where the
+64-channel row is YNNPACK's slow convolution.
 
     python benchmarks/xla_cpu_slow_paths.py            # all ops
     python benchmarks/xla_cpu_slow_paths.py --repeats 9
+    JAXDL_DEFAULT_XLA_FLAGS=0 python benchmarks/xla_cpu_slow_paths.py   # XLA's own defaults
 """
 
 from __future__ import annotations
