@@ -10,13 +10,7 @@ out=${1:?usage: gpu_profile.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-step() {  # step NAME SECONDS COMMAND...: runs COMMAND, logs to OUT/NAME.log, prints its time
-  local name=$1 limit=$2; shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "== $name: exit $? in $((SECONDS - start)) s (limit $limit)"
-  grep -E "^\| jaxdl|^\| gpt2|^--- op profile|^\(all ops\)" "$out/$name.log" | head -n 8
-}
+source "$here/gpu_step.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" | tee -a "$out/device.txt"
 # CUDA graphs off (an empty --xla_gpu_enable_command_buffer): under them the trace shows one

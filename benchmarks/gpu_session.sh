@@ -10,12 +10,7 @@ peers=${2:-../shared/peers}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-step() {  # step NAME SECONDS COMMAND...: runs COMMAND, logs to OUT/NAME.log, prints its time
-  local name=$1 limit=$2; shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "== $name: exit $? in $((SECONDS - start)) s (limit $limit)"; tail -n 15 "$out/$name.log"
-}
+source "$here/gpu_step.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 python3 -c "import jax, flax, optax, orbax.checkpoint as o, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__, jax.devices())" | tee -a "$out/device.txt"
 step conformer_jaxdl 140 python3 "$here/conformer_throughput.py" --full --no-peer --out "$out/conformer_full.json"
