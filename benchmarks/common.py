@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
-from jaxdl.xla_flags import OPT_OUT_ENV, apply_default_xla_flags
-
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCHMARKS_DIR)
 _VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
@@ -59,6 +57,8 @@ def apply_xla_flags(flags: str) -> str:
     whole process on an unknown flag, so the flags are first tried in a throwaway subprocess to turn
     that into a one-line ``ValueError``.
     """
+    from jaxdl.xla_flags import OPT_OUT_ENV, apply_default_xla_flags  # lazy: as jax below
+
     combined = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flags.strip()]))
     # The library's defaults (what the ``jaxdl`` command sets), unless ``flags`` or the
     # environment set the same flag.
