@@ -18,9 +18,9 @@ OPT_OUT_ENV = "JAXDL_DEFAULT_XLA_FLAGS"
 # XLA:CPU hands every convolution to YNNPACK, whose 3x3 convolution at 64 channels runs at about
 # half the speed of XLA's own (benchmarks/README.md, "The remaining gap, traced"). Taking
 # convolutions alone out of YNNPACK ('-' removes one type from the default list; its dot,
-# element-wise and reduction fusions stay) made ResNet-18's CPU train step 1.7x faster on a 2-core
-# AVX2 EPYC (benchmarks/README.md, issue 13). Setting the list to 'dot' instead, as an earlier session
-# tried, also moves element-wise fusions and loses what the convolutions gain.
+# element-wise and reduction fusions stay) made ResNet-18's CPU train step 1.7x faster on a
+# 2-core AVX2 EPYC (benchmarks/README.md, issue 13). Setting the list to 'dot' instead, as an
+# earlier session tried, also moves element-wise fusions and loses what the convolutions gain.
 CPU_DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 
 # XLA aborts the whole process on a flag it does not know, so the defaults go only to the
