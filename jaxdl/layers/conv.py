@@ -489,8 +489,9 @@ def depthwise_conv1d(
     # The per-tap form wins on GPU too: in Conformer-M's train step on an H200 (bf16, B=64 x 400
     # frames, C=256, K=31) cuDNN's grouped convolution and its gradients took 24.5 of the 58.9 ms
     # of kernel time, and the per-tap form cut the step from 78.8 to 71.0 ms (RESULTS.md).
-    on_gpu = impl_setting(impl) == "auto" and trace_platform() == "gpu"
-    if not (use_fast_paths(impl) or on_gpu):
+    setting = impl_setting(impl)
+    per_tap = setting == "custom" or (setting == "auto" and trace_platform() in ("cpu", "gpu"))
+    if not per_tap:
         return lax.conv_general_dilated(
             x,
             kernel,
