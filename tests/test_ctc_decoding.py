@@ -1,5 +1,6 @@
 """Tests for jaxdl.models.ctc_decoding: greedy decoding, prefix beam search (against brute-force
-enumeration of alignments) and the character n-gram LM."""
+enumeration of alignments), the character n-gram LM and the lexicon word n-gram LM (against a
+word-level Witten-Bell reference written here)."""
 
 import itertools
 import math
@@ -10,6 +11,7 @@ import pytest
 
 from jaxdl.models.ctc_decoding import (
     CharNgramLM,
+    LexiconWordLM,
     beam_search_batch,
     ctc_greedy_decode,
     ctc_prefix_beam_search,
@@ -149,3 +151,134 @@ def test_beam_holds_only_reachable_prefixes() -> None:
     with np.errstate(divide="ignore"):
         one_hot_log_probs = np.log(np.eye(3)[[1, 0, 1, 2]])  # a single path, probability 1
     assert ctc_prefix_beam_search(one_hot_log_probs, beam_width=4) == [((1, 1, 2), 0.0)]
+
+
+# Word LM tests: ids 1 = space, 2.. = letters a, b, c, d.
+SPACE = 1
+LETTERS = "abcd"
+LEXICON_TRAIN = ("ab cd", "ab ab", "cd", "a ab cd", "dab a")
+
+
+def _spell(text: str) -> tuple[int, ...]:
+    return tuple(SPACE if ch == " " else 2 + LETTERS.index(ch) for ch in text)
+
+
+def _witten_bell_log_prob(sentences: list[list[str]], order: int, words: list[str]) -> float:
+    """log P(words + </s>) under interpolated Witten-Bell over word histories, computed at the
+    word level (no spelling), as a reference for `LexiconWordLM`."""
+    counts: dict[tuple, dict] = {}
+    for sentence in sentences:
+        padded = ["<s>"] * (order - 1) + sentence + ["</s>"]
+        for end in range(order - 1, len(padded)):
+            for size in range(order):
+                followers = counts.setdefault(tuple(padded[end - size : end]), {})
+                followers[padded[end]] = followers.get(padded[end], 0) + 1
+    lexicon = {w for sentence in sentences for w in sentence}
+
+    def prob(history: tuple, word: str) -> float:
+        p = 1.0 / (len(lexicon) + 1)
+        for size in range(order):
+            followers = counts.get(history[len(history) - size :])
+            if followers:
+                total, types = sum(followers.values()), len(followers)
+                p = (followers.get(word, 0) + types * p) / (total + types)
+        return p
+
+    padded = ["<s>"] * (order - 1) + words + ["</s>"]
+    return sum(
+        math.log(prob(tuple(padded[end - order + 1 : end]), padded[end]))
+        for end in range(order - 1, len(padded))
+    )
+
+
+def _spelled_log_prob(lm: LexiconWordLM, text: str) -> float:
+    tokens = _spell(text)
+    chars = sum(lm.log_prob(tokens[:i], token) for i, token in enumerate(tokens))
+    return chars + lm.end_log_prob(tokens)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_lexicon_word_lm_spells_out_the_witten_bell_word_lm_exactly(order: int) -> None:
+    lm = LexiconWordLM(order, SPACE).fit(_spell(t) for t in LEXICON_TRAIN)
+    sentences = [t.split() for t in LEXICON_TRAIN]
+    for text in ("ab cd", "cd ab a", "dab", "a a a", "cd dab ab cd"):
+        expected = _witten_bell_log_prob(sentences, order, text.split())
+        assert _spelled_log_prob(lm, text) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_lexicon_word_lm_is_normalised_per_character(order: int) -> None:
+    lm = LexiconWordLM(order, SPACE).fit(_spell(t) for t in LEXICON_TRAIN)
+    tokens = range(1, 2 + len(LETTERS))
+    for text in ("", "ab ", "a ab ", "cd dab "):  # word boundaries: next letter or the end
+        context = _spell(text)
+        total = sum(math.exp(lm.log_prob(context, t)) for t in tokens)
+        assert total + math.exp(lm.end_log_prob(context)) == pytest.approx(1.0)
+    for text in ("a", "ab", "ab c", "d", "da"):  # inside a word: next letter or the space
+        context = _spell(text)
+        assert sum(math.exp(lm.log_prob(context, t)) for t in tokens) == pytest.approx(1.0)
+
+
+def test_lexicon_word_lm_forbids_what_spells_no_training_word() -> None:
+    lm = LexiconWordLM(2, SPACE).fit(_spell(t) for t in LEXICON_TRAIN)
+    assert lm.log_prob(_spell("a"), _spell("c")[0]) == -math.inf  # no word starts "ac"
+    assert lm.log_prob(_spell("da"), SPACE) == -math.inf  # "da" is only a prefix of "dab"
+    assert lm.log_prob((), SPACE) == -math.inf and lm.log_prob(_spell("ab "), SPACE) == -math.inf
+    assert lm.end_log_prob(_spell("ab d")) == -math.inf
+    assert lm.log_prob(_spell("bb "), _spell("a")[0]) == -math.inf  # after an unknown word
+
+
+def _frames(*rows: dict[str, float]) -> np.ndarray:
+    """Per-frame log-probabilities from {symbol: prob} rows (symbol '-' is the blank); the rest
+    of each frame's mass is spread evenly."""
+    symbols = "-" + " " + LETTERS
+    out = np.zeros((len(rows), len(symbols)))
+    for t, row in enumerate(rows):
+        rest = (1.0 - sum(row.values())) / (len(symbols) - len(row))
+        out[t] = [row.get(symbol, rest) for symbol in symbols]
+    return np.log(out)
+
+
+def test_lexicon_decoding_turns_a_misspelling_into_the_training_word() -> None:
+    # The acoustics prefer "ac" (0.5 against 0.4 on the second frame); "ac" is no word, "ab" is.
+    log_probs = _frames({"a": 0.9}, {"c": 0.5, "b": 0.4}, {"-": 0.9})
+    assert ctc_prefix_beam_search(log_probs, space_id=SPACE)[0][0] == _spell("ac")
+    lm = LexiconWordLM(2, SPACE).fit(_spell(t) for t in LEXICON_TRAIN)
+    best = ctc_prefix_beam_search(log_probs, lm=lm, lm_weight=0.5, space_id=SPACE)[0][0]
+    assert best == _spell("ab")
+
+
+def test_word_lm_scores_with_the_end_of_sentence_in_a_wide_beam() -> None:
+    rng = np.random.default_rng(5)
+    log_probs = _random_log_probs(rng, frames=4, vocab=2 + len(LETTERS))
+    lm = LexiconWordLM(2, SPACE).fit(_spell(t) for t in LEXICON_TRAIN)
+    results = ctc_prefix_beam_search(
+        log_probs, beam_width=10_000, lm=lm, lm_weight=0.6, word_bonus=0.2, space_id=SPACE
+    )
+    exact = _labelling_log_probs(log_probs)
+    scores = [score for _, score in results]
+    assert scores == sorted(scores, reverse=True)
+    ended = [(labelling, score) for labelling, score in results if score > -math.inf]
+    assert ended  # e.g. "a", "ab", "cd" fit in 4 frames
+    for labelling, score in ended:
+        text = "".join(" " if t == SPACE else LETTERS[t - 2] for t in labelling)
+        words = len(text.split())
+        expected = exact[labelling] + 0.6 * _spelled_log_prob(lm, text) + 0.2 * words
+        assert score == pytest.approx(expected)
+
+
+def test_token_pruning_skips_unlikely_labels_but_keeps_each_frames_best() -> None:
+    rng = np.random.default_rng(7)
+    log_probs = _random_log_probs(rng, frames=5, vocab=4)
+    # A threshold below every log-probability prunes nothing.
+    assert ctc_prefix_beam_search(log_probs, token_min_log_prob=-1e9) == ctc_prefix_beam_search(
+        log_probs
+    )
+    # Above every log-probability: only each frame's likeliest label extends, so with a wide
+    # beam the labellings are exactly the collapsed subsequences of the per-frame argmax path.
+    results = ctc_prefix_beam_search(log_probs, beam_width=1000, token_min_log_prob=0.5)
+    best_labels = log_probs[:, 1:].argmax(axis=1) + 1
+    for labelling, _ in results:
+        assert set(labelling) <= set(best_labels.tolist())
+    greedy = _collapse(tuple(log_probs.argmax(axis=1).tolist()))
+    assert greedy in {labelling for labelling, _ in results}

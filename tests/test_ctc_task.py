@@ -16,6 +16,7 @@ from jaxdl.audio import FrontEndConfig, perturb_waveforms
 from jaxdl.data.records import RecordError
 from jaxdl.data.speech import load_speech_manifests, normalize_transcript
 from jaxdl.errors import ConfigError, DataError
+from jaxdl.models.ctc_decoding import CharNgramLM, LexiconWordLM
 from jaxdl.tasks import build_task
 from jaxdl.tasks.ctc import CTCSpeechRecognition, ctc_losses, required_frames
 
@@ -144,6 +145,26 @@ def test_task_builder_reads_the_data_and_rejects_bad_settings():
         build_task(config(front_end={"mels": 40}), data)
     with pytest.raises(ConfigError, match="spec_augment"):
         build_task(config(spec_augment={"warp": 3}), data)
+
+
+def test_decoder_settings_build_the_chosen_lm_of_the_training_transcripts():
+    data = load_speech_manifests(dir=SAMPLE)
+
+    def decoder(**settings):
+        config = ml_collections.ConfigDict({"task": {"name": "ctc", "decoder": settings}})
+        return build_task(config, data)
+
+    task = decoder(beam_width=4, lm_order=3, lm_unit="word", token_min_log_prob=-6.0)
+    assert isinstance(task.lm, LexiconWordLM) and task.token_min_log_prob == -6.0
+    tokenizer, train = data.info["tokenizer"], data.train
+    training_words = {word for i in range(len(train)) for word in train.transcript(i).split()}
+    assert {tokenizer.decode(list(word)) for word in task.lm.words} == training_words
+    assert isinstance(decoder(beam_width=4, lm_order=3).lm, CharNgramLM)
+    assert decoder(beam_width=4).lm is None and decoder().token_min_log_prob is None
+    with pytest.raises(ConfigError, match="lm_unit"):
+        decoder(beam_width=4, lm_order=3, lm_unit="phone")
+    with pytest.raises(ConfigError, match="unknown task.decoder setting 'lm_type'"):
+        decoder(lm_type="word")
 
 
 def test_features_and_spec_augment_run_on_device_and_respect_lengths():

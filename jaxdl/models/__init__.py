@@ -9,6 +9,7 @@ from jaxdl.models.alexnet import AlexNet
 from jaxdl.models.cnn import VGG, LeNet5
 from jaxdl.models.ctc_decoding import (
     CharNgramLM,
+    LexiconWordLM,
     beam_search_batch,
     ctc_greedy_decode,
     ctc_prefix_beam_search,
@@ -37,6 +38,7 @@ __all__ = [
     "DenseNet",
     "EfficientNet",
     "LeNet5",
+    "LexiconWordLM",
     "MobileNetV2",
     "MobileNetV3",
     "RNNClassifier",

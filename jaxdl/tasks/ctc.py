@@ -90,8 +90,10 @@ class CTCSpeechRecognition(Task):
     ``spec_augment`` / ``perturb_waveforms`` keywords (empty: off); ``space_id``: the id of ' '
     (word boundaries for WER; -1 when the vocabulary has none, and every transcript is then one
     word). ``beam_width`` > 0 adds prefix beam search to ``report`` (host side), shallow-fused
-    with ``lm`` (a ``CharNgramLM`` over the training transcripts) at ``lm_weight`` with
-    ``word_bonus`` per word; evaluation during training stays greedy.
+    with ``lm`` (a ``CharNgramLM`` or ``LexiconWordLM`` of the training transcripts) at
+    ``lm_weight`` with ``word_bonus`` per word, trying per frame only the labels at least
+    ``token_min_log_prob`` likely (and the likeliest; None: all); evaluation during training
+    stays greedy.
     """
 
     max_samples: int
@@ -106,6 +108,7 @@ class CTCSpeechRecognition(Task):
     lm: Any = dataclasses.field(default=None, compare=False)
     lm_weight: float = 0.5
     word_bonus: float = 0.0
+    token_min_log_prob: float | None = None
 
     name = "ctc"
     throughput_unit = "utterances"
@@ -242,6 +245,7 @@ class CTCSpeechRecognition(Task):
                 lm_weight=self.lm_weight,
                 word_bonus=self.word_bonus,
                 space_id=None if self.space_id < 0 else self.space_id,
+                token_min_log_prob=self.token_min_log_prob,
             )
         return {
             name: [

@@ -256,8 +256,9 @@ def _ctc(task_config, data, config) -> CTCSpeechRecognition:
     tokenizer; ``task.front_end`` sets ``FrontEndConfig`` fields (its sample rate is the
     data's), ``task.spec_augment`` SpecAugment's keywords and ``task.waveform_augment``
     ``perturb_waveforms``' (absent or empty: off); ``task.decoder`` adds prefix beam search
-    (``beam_width``) with a character n-gram LM of the training transcripts (``lm_order``,
-    ``lm_weight``, ``word_bonus``) to the final report."""
+    (``beam_width``) with an n-gram LM of the training transcripts (``lm_order``; ``lm_unit``
+    'char', or 'word' for a lexicon-constrained word LM; ``lm_weight``, ``word_bonus``;
+    ``token_min_log_prob`` prunes unlikely labels per frame) to the final report."""
     del config
     from jaxdl.audio import FrontEndConfig
 
@@ -279,16 +280,19 @@ def _ctc(task_config, data, config) -> CTCSpeechRecognition:
     except ValueError as error:
         raise ConfigError(f"task.front_end: {error}") from None
     decoder = _section(task_config, "decoder")
-    unknown = sorted(set(decoder) - {"beam_width", "lm_order", "lm_weight", "word_bonus"})
+    known = ("beam_width", "lm_order", "lm_unit", "lm_weight", "word_bonus", "token_min_log_prob")
+    unknown = sorted(set(decoder) - set(known))
     if unknown:
-        raise ConfigError(
-            f"unknown task.decoder setting {unknown[0]!r}; known: beam_width, lm_order, "
-            "lm_weight, word_bonus"
-        )
+        raise ConfigError(f"unknown task.decoder setting {unknown[0]!r}; known: {', '.join(known)}")
     beam_width, lm_order = int(decoder.get("beam_width", 0)), int(decoder.get("lm_order", 0))
     if beam_width < 0 or lm_order < 0:
         raise ConfigError("task.decoder.beam_width and lm_order must be >= 0")
-    lm = _training_transcript_lm(data, lm_order) if beam_width and lm_order else None
+    lm_unit = decoder.get("lm_unit", "char")
+    if lm_unit not in ("char", "word"):
+        raise ConfigError(f"task.decoder.lm_unit must be 'char' or 'word', got {lm_unit!r}")
+    if lm_unit == "word" and int(info.get("space_id", -1)) < 0:
+        raise ConfigError("task.decoder.lm_unit='word' needs a vocabulary with a space")
+    lm = training_transcript_lm(data, lm_order, lm_unit) if beam_width and lm_order else None
     try:
         return CTCSpeechRecognition(
             max_samples=int(info["max_samples"]),
@@ -306,18 +310,28 @@ def _ctc(task_config, data, config) -> CTCSpeechRecognition:
             lm=lm,
             lm_weight=float(decoder.get("lm_weight", 0.5)),
             word_bonus=float(decoder.get("word_bonus", 0.0)),
+            token_min_log_prob=_optional_float(decoder.get("token_min_log_prob")),
         )
     except ValueError as error:
         raise ConfigError(f"task ctc: {error}") from None
 
 
-def _training_transcript_lm(data: DataSplits, order: int):
-    """A character n-gram LM of ``order`` over the training transcripts (never val or test)."""
-    from jaxdl.models.ctc_decoding import CharNgramLM
+def training_transcript_lm(data: DataSplits, order: int, unit: str = "char"):
+    """An n-gram LM of ``order`` over the training transcripts (never val or test): characters
+    (``CharNgramLM``) or words of the training lexicon (``LexiconWordLM``)."""
+    from jaxdl.models.ctc_decoding import CharNgramLM, LexiconWordLM
 
     tokenizer, train = data.info["tokenizer"], data.train
     sequences = [tuple(tokenizer.encode(train.transcript(i))) for i in range(len(train))]
-    return CharNgramLM(order, tokenizer.vocab_size).fit(s for s in sequences if s)
+    if unit == "word":
+        lm = LexiconWordLM(order, int(data.info["space_id"]))
+    else:
+        lm = CharNgramLM(order, tokenizer.vocab_size)
+    return lm.fit(s for s in sequences if s)
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _section(task_config: ml_collections.ConfigDict, name: str) -> dict:
