@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -115,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         default=-8.0,
         help="labels less likely than this in a frame are not tried (except its likeliest)",
     )
+    parser.add_argument(
+        "--lms",
+        default=",".join(f"{unit}{order}" for unit, order in LMS),
+        help="LMs to compare, e.g. char6,word3 (unit and order)",
+    )
+    parser.add_argument("--lm-weights", default=",".join(map(str, LM_WEIGHTS)))
+    parser.add_argument("--word-bonuses", default=",".join(map(str, WORD_BONUSES)))
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/out/)")
     args = parser.parse_args(argv)
     apply_xla_flags("")
@@ -157,10 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         wer(splits["val"], decode_all(splits["val"], tokenizer, **beam)),
         decode_all(splits["test"], tokenizer, **beam),
     )
-    for unit, order in LMS:
+    lms = []
+    for name in args.lms.split(","):
+        match = re.fullmatch(r"(char|word)([1-9][0-9]*)", name.strip())
+        if match is None:
+            parser.error(f"--lms: {name!r} is not char<order> or word<order>")
+        lms.append((match.group(1), int(match.group(2))))
+    weights = [float(value) for value in args.lm_weights.split(",")]
+    bonuses = [float(value) for value in args.word_bonuses.split(",")]
+    for unit, order in lms:
         lm = training_transcript_lm(data, order, unit)
         tried = []
-        for lm_weight, word_bonus in itertools.product(LM_WEIGHTS, WORD_BONUSES):
+        for lm_weight, word_bonus in itertools.product(weights, bonuses):
             settings = {"lm": lm, "lm_weight": lm_weight, "word_bonus": word_bonus}
             tried.append(
                 (
@@ -217,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         "workdir": os.path.abspath(args.workdir),
         "beam_width": args.beam_width,
         "token_min_log_prob": args.token_min_log_prob,
+        "lm_weights": weights,
+        "word_bonuses": bonuses,
         "rows": [{k: v for k, v in row.items() if k != "test_texts"} for row in rows],
         "best_on_val": best["decoder"],
         "test_wer_by_group": by_group,
