@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 USAGE_ERROR = 2
 
@@ -736,9 +737,12 @@ def _restore_best_state(experiment, workdir: str):
 
 
 def _transcribe(args: argparse.Namespace, experiment) -> int:
-    """``jaxdl transcribe``: greedy CTC transcripts of audio files, one line each
-    (``FILE<TAB>transcript``); a file that cannot be read is named on stderr and the exit
-    status is 1."""
+    """``jaxdl transcribe``: CTC transcripts of audio files, one line each
+    (``FILE<TAB>transcript``), decoded as the run's final report decodes (prefix beam search with
+    its LM when ``task.decoder.beam_width`` > 0, else greedy); a file that cannot be read is named
+    on stderr and the exit status is 1."""
+    import dataclasses
+
     import flax.linen as nn
     import jax
     import numpy as np
@@ -755,7 +759,9 @@ def _transcribe(args: argparse.Namespace, experiment) -> int:
     tokenizer = _workdir_tokenizer(args.workdir, experiment.data.info)
     state = _restore_best_state(experiment, args.workdir)
     rules = (("batch", None), *experiment.rules)
-    predict = jax.jit(lambda state, batch: task.predict(eval_forward(state), batch))
+    outputs = jax.jit(lambda state, batch: task.report_outputs(eval_forward(state), batch))
+    decoding = dataclasses.replace(task, tokenizer=tokenizer)  # the run's own tokenizer
+    decoder = "beam" if task.beam_width > 0 else "greedy"
     failed = 0
     for path in args.files:
         try:
@@ -766,8 +772,9 @@ def _transcribe(args: argparse.Namespace, experiment) -> int:
             continue
         batch = {"audio": audio[None], "audio_length": np.asarray([audio.shape[0]], np.int32)}
         with jax.set_mesh(experiment.mesh), nn.logical_axis_rules(rules):
-            tokens = np.asarray(predict(state, batch))[0]
-        print(f"{path}\t{tokenizer.decode(tokens[tokens != task.blank_id])}")
+            log_probs, lengths = jax.device_get(outputs(state, batch))
+        texts = decoding.decode(np.asarray(log_probs), np.asarray(lengths))
+        print(f"{path}\t{texts[decoder][0]}")
     return 1 if failed else 0
 
 
@@ -919,6 +926,41 @@ def trained_workdir_config(workdir: str):
     return config
 
 
+DECODER_PREFIX = "--config.task.decoder."
+
+
+def decoder_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``{KEY: value}`` of ``--config.task.decoder.KEY=VALUE`` overrides (values are Python
+    literals, else strings); any other argument is a one-line ``UserError``. How a trained speech
+    run decodes (beam, LM, weights) changes nothing it learned, so ``evaluate`` and
+    ``transcribe`` may re-decode with other settings; the task checks the keys."""
+    import ast
+
+    from jaxdl.errors import UserError
+
+    settings: dict[str, Any] = {}
+    for override in overrides:
+        key, sep, text = override.removeprefix(DECODER_PREFIX).partition("=")
+        if not override.startswith(DECODER_PREFIX) or not sep or not key or "." in key:
+            raise UserError(
+                f"unrecognized argument {override!r}: a trained run takes only "
+                f"{DECODER_PREFIX}KEY=VALUE overrides (its other settings are what it learned)"
+            )
+        try:
+            settings[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            settings[key] = text
+    return settings
+
+
+def with_decoder_settings(config, settings: dict[str, Any]):
+    """A copy of ``config`` whose ``task.decoder`` section has ``settings`` set."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.task.decoder = {**dict(config.task.get("decoder") or {}), **settings}
+    return config
+
+
 def _import_weights(args: argparse.Namespace) -> int:
     """``import-weights``: writes ``--out`` and prints how to train from it."""
     from jaxdl.models.torchvision_import import import_torchvision
@@ -974,9 +1016,12 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         args.workdir = args.workdir or agent_workdir(os.environ)
         _check_writable_workdir(args.workdir)
     else:
-        if extra:
+        if extra and args.command not in ("evaluate", "transcribe"):
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+        decoder = decoder_overrides(extra)  # checked before the workdir is read
         config = trained_workdir_config(args.workdir)
+        if decoder:
+            config = with_decoder_settings(config, decoder)
 
     from jaxdl.experiment import build_experiment
     from jaxdl.parallel import initialize_distributed

@@ -128,6 +128,38 @@ def test_evaluate_rejects_unknown_arguments(tmp_path):
     assert_usage_error(result, "--bogus")
 
 
+def test_evaluate_and_transcribe_take_only_decoder_overrides(tmp_path):
+    result = run_jaxdl("evaluate", "--workdir", str(tmp_path), "--config.model.d_model=8")
+    assert_usage_error(result, "--config.model.d_model=8", "--config.task.decoder.KEY=VALUE")
+    result = run_jaxdl("transcribe", "--workdir", str(tmp_path), "a.wav", "--config.task.x=1")
+    assert_usage_error(result, "--config.task.x=1")
+    result = run_jaxdl("predict", "--workdir", str(tmp_path), "--config.task.decoder.lm_order=3")
+    assert_usage_error(result, "unrecognized arguments")
+
+
+def test_decoder_overrides_parse_literals_and_extend_the_saved_decoder():
+    import ml_collections
+
+    from jaxdl.cli import decoder_overrides, with_decoder_settings
+
+    settings = decoder_overrides(
+        [
+            "--config.task.decoder.beam_width=16",
+            "--config.task.decoder.lm_unit=word",
+            "--config.task.decoder.token_min_log_prob=-8.0",
+        ]
+    )
+    assert settings == {"beam_width": 16, "lm_unit": "word", "token_min_log_prob": -8.0}
+    saved = ml_collections.ConfigDict({"task": {"name": "ctc", "decoder": {"lm_order": 6}}})
+    saved.lock()
+    config = with_decoder_settings(saved, settings)
+    assert config.task.decoder.to_dict() == {"lm_order": 6, **settings}
+    assert saved.task.decoder.to_dict() == {"lm_order": 6}  # the saved config is untouched
+    assert with_decoder_settings(
+        ml_collections.ConfigDict({"task": {"name": "ctc"}}), {"beam_width": 4}
+    ).task.decoder.to_dict() == {"beam_width": 4}
+
+
 def test_unknown_subcommand_exits_2_naming_it():
     assert_usage_error(run_jaxdl("frobnicate"), "frobnicate")
 

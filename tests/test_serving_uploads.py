@@ -29,7 +29,7 @@ from jaxdl.data.text_sources import CharTokenizer, TokenizedText
 from jaxdl.data.views import StandardizedImages
 from jaxdl.export import inference_function
 from jaxdl.export.predictions import classify_records
-from jaxdl.models import get_model
+from jaxdl.models import CharNgramLM, get_model
 from jaxdl.serving import create_app
 from jaxdl.serving.uploads import (
     AudioUploads,
@@ -326,6 +326,20 @@ def test_a_wav_file_gets_the_transcript_jaxdl_transcribe_prints(
     inputs = uploads.decode(path.read_bytes(), "audio/wav", 1).inputs
     body = {"inputs": {name: value.tolist() for name, value in inputs.items()}}
     assert client.post("/predict", json=body).json()["transcripts"] == [printed[1]]
+
+    # A run that decodes with beam search and an LM: transcribe prints the beam transcript,
+    # the one the served model's beam decoder gives for the same log-probabilities.
+    lm = CharNgramLM(2, uploads.task.tokenizer.vocab_size).fit([(1, 2, 3, 2, 1)])
+    beam_task = dataclasses.replace(uploads.task, beam_width=3, lm=lm, lm_weight=0.8)
+    monkeypatch.setattr(experiment, "task", beam_task)
+    assert cli._transcribe(args, experiment) == 0
+    beam_printed = capsys.readouterr().out.rstrip("\n").split("\t")[1]
+    served = inference.fn(*(inputs[name] for name in ("audio", "audio_length")))
+    served = {
+        name: np.asarray(value) for name, value in zip(inference.output_names, served, strict=True)
+    }
+    expected = AudioUploads(beam_task, beam_task.tokenizer).respond(served)["beam_transcripts"]
+    assert [beam_printed] == expected
 
 
 def test_beam_search_transcripts_come_with_the_greedy_ones(speech_model):

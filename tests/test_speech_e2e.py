@@ -2,8 +2,10 @@
 WER/CER equal to jiwer's and per-utterance transcripts, a killed run resumes bit-identical with
 the audio source, and ``jaxdl transcribe`` names unreadable files."""
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -85,3 +87,27 @@ def test_transcribe_prints_transcripts_and_names_unreadable_files(trained, tmp_p
     assert "corrupt.wav" in done.stderr and "Traceback" not in done.stderr
     missing = _jaxdl("transcribe", "--workdir", str(tmp_path / "none"), wav)
     assert missing.returncode == 2 and "workdir not found" in missing.stderr
+
+
+def test_evaluate_re_decodes_a_trained_run_with_decoder_overrides(trained, tmp_path):
+    workdir, _, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    decoder = ("beam_width=4", "lm_unit='word'", "lm_order=2", "lm_weight=0.7")
+    done = _jaxdl(
+        "evaluate", "--workdir", str(copy), *(f"--config.task.decoder.{d}" for d in decoder)
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((copy / "results.json").read_text())
+    assert results["report_decoder"] == "beam" and "wer_beam" in results
+    rows = [json.loads(line) for line in (copy / "transcripts.jsonl").read_text().splitlines()]
+    with open(os.path.join(SAMPLE, "train.tsv"), encoding="utf-8") as handle:
+        lexicon = {w for row in csv.DictReader(handle, delimiter="\t") for w in row["text"].split()}
+    # The word LM's lexicon holds every word a beam hypothesis has.
+    assert all(set(row["hypotheses"]["beam"].split()) <= lexicon for row in rows)
+    # The saved config is the trained one: only this evaluation decoded differently.
+    assert json.loads((copy / "config.json").read_text()) == json.loads(
+        (workdir / "config.json").read_text()
+    )
+    bad = _jaxdl("evaluate", "--workdir", str(copy), "--config.task.decoder.lm_unit='phone'")
+    assert bad.returncode == 2 and "lm_unit" in bad.stderr and "Traceback" not in bad.stderr
