@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import numpy as np
-from common import apply_xla_flags, format_table, write_report
+from common import apply_xla_flags, environment_info, format_table, write_report
 
 NAME = "speech_decoding"
 # (unit, order) of each LM and the grid its weight and word bonus are chosen from on validation.
@@ -106,6 +106,35 @@ def voice_group(metadata: dict[str, Any], train_ranges: dict[str, tuple[float, f
     return "inside training ranges"
 
 
+def wer_by_group(utterances, texts: list[str], train) -> dict[str, dict[str, Any]]:
+    """WER of ``texts`` per accent and, when the manifests have rate and pitch, per voice group
+    against the training split's ranges."""
+    import jiwer
+
+    train_metadata = getattr(train.source, "metadata", {})
+    train_ranges = {
+        key: (min(map(float, train_metadata[key])), max(map(float, train_metadata[key])))
+        for key in ("rate", "pitch")
+        if key in train_metadata
+    }
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for (_, reference, metadata), text in zip(utterances, texts, strict=True):
+        names = [f"accent {metadata.get('accent', 'all')}"]
+        if len(train_ranges) == 2:
+            names.append(voice_group(metadata, train_ranges))
+        for name in names:
+            references, hypotheses = groups.setdefault(name, ([], []))
+            references.append(reference)
+            hypotheses.append(text)
+    return {
+        name: {
+            "utterances": len(references),
+            "wer": round(float(jiwer.wer(references, hypotheses)), 4),
+        }
+        for name, (references, hypotheses) in sorted(groups.items())
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
@@ -125,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--word-bonuses", default=",".join(map(str, WORD_BONUSES)))
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/out/)")
     args = parser.parse_args(argv)
+    lms = []
+    for name in args.lms.split(","):
+        match = re.fullmatch(r"(char|word)([1-9][0-9]*)", name.strip())
+        if match is None:
+            parser.error(f"--lms: {name!r} is not char<order> or word<order>")
+        lms.append((match.group(1), int(match.group(2))))
+    try:
+        weights = [float(value) for value in args.lm_weights.split(",")]
+        bonuses = [float(value) for value in args.word_bonuses.split(",")]
+    except ValueError as error:
+        parser.error(f"--lm-weights / --word-bonuses: {error}")
     apply_xla_flags("")
 
     from jaxdl.tasks.registry import training_transcript_lm
@@ -165,14 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         wer(splits["val"], decode_all(splits["val"], tokenizer, **beam)),
         decode_all(splits["test"], tokenizer, **beam),
     )
-    lms = []
-    for name in args.lms.split(","):
-        match = re.fullmatch(r"(char|word)([1-9][0-9]*)", name.strip())
-        if match is None:
-            parser.error(f"--lms: {name!r} is not char<order> or word<order>")
-        lms.append((match.group(1), int(match.group(2))))
-    weights = [float(value) for value in args.lm_weights.split(",")]
-    bonuses = [float(value) for value in args.word_bonuses.split(",")]
     for unit, order in lms:
         lm = training_transcript_lm(data, order, unit)
         tried = []
@@ -192,35 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             decode_all(splits["test"], tokenizer, **beam, **settings),
         )
 
-    train = data.train
-    train_metadata = getattr(train.source, "metadata", {})
-    train_ranges = {
-        key: (min(map(float, train_metadata[key])), max(map(float, train_metadata[key])))
-        for key in ("rate", "pitch")
-        if key in train_metadata
-    }
     best = min(rows, key=lambda row: row["val_wer"])
-    groups: dict[str, dict[str, list]] = {}
-    for (log_probs, reference, metadata), text in zip(
-        splits["test"], best["test_texts"], strict=True
-    ):
-        del log_probs
-        names = [f"accent {metadata.get('accent', 'all')}"]
-        if len(train_ranges) == 2:
-            names.append(voice_group(metadata, train_ranges))
-        for name in names:
-            group = groups.setdefault(name, {"references": [], "texts": []})
-            group["references"].append(reference)
-            group["texts"].append(text)
-    import jiwer
-
-    by_group = {
-        name: {
-            "utterances": len(g["references"]),
-            "wer": round(float(jiwer.wer(g["references"], g["texts"])), 4),
-        }
-        for name, g in sorted(groups.items())
-    }
+    by_group = wer_by_group(splits["test"], best["test_texts"], data.train)
     columns = ("decoder", "lm_weight", "word_bonus", "val_wer", "test_wer")
     print(format_table(rows, columns))
     print(f"\nbest on validation: {best['decoder']}; test WER by group:")
@@ -230,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     payload = {
+        "environment": environment_info(),
         "workdir": os.path.abspath(args.workdir),
         "beam_width": args.beam_width,
         "token_min_log_prob": args.token_min_log_prob,

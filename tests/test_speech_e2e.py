@@ -111,3 +111,45 @@ def test_evaluate_re_decodes_a_trained_run_with_decoder_overrides(trained, tmp_p
     )
     bad = _jaxdl("evaluate", "--workdir", str(copy), "--config.task.decoder.lm_unit='phone'")
     assert bad.returncode == 2 and "lm_unit" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_speech_decoding_benchmark_chooses_on_validation_and_scores_test(trained, tmp_path):
+    workdir, results, _ = trained
+    script = os.path.join(REPO, "benchmarks", "speech_decoding.py")
+    out = tmp_path / "decoding.json"
+    grid = ("--lms", "char3,word2", "--lm-weights", "0.5,1.0", "--word-bonuses", "0,1")
+    done = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--workdir",
+            str(workdir),
+            "--beam-width",
+            "4",
+            "--out",
+            str(out),
+            *grid,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    rows = {row["decoder"]: row for row in report["rows"]}
+    assert list(rows) == ["greedy", "beam", "beam + char 3-gram LM", "beam + word 2-gram LM"]
+    # The greedy row is what training's own evaluation measured on the same checkpoint.
+    assert rows["greedy"]["test_wer"] == pytest.approx(results["wer"], abs=1e-4)
+    for name in ("beam + char 3-gram LM", "beam + word 2-gram LM"):
+        assert rows[name]["lm_weight"] in (0.5, 1.0) and rows[name]["word_bonus"] in (0.0, 1.0)
+    best = min(report["rows"], key=lambda row: row["val_wer"])
+    assert report["best_on_val"] == best["decoder"]
+    accents = {k: v for k, v in report["test_wer_by_group"].items() if k.startswith("accent ")}
+    assert sum(group["utterances"] for group in accents.values()) == results["utterances"]
+    bad = subprocess.run(
+        [sys.executable, script, "--workdir", str(workdir), "--lms", "phone2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert bad.returncode == 2 and "phone2" in bad.stderr
