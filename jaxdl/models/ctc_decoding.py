@@ -136,6 +136,11 @@ class LexiconWordLM:
     transcript scores exactly its word-LM log-probability. A character that spells no lexicon
     word gets probability 0: the decoder then emits only words seen in training, which is what
     a lexicon decoder (Kaldi's, flashlight's) does; use `CharNgramLM` for open vocabularies.
+
+    Written here rather than taken from flashlight-text's lexicon decoder or pyctcdecode: both
+    score with KenLM models (a C++ build and an ARPA file to train and ship), while this one is
+    fitted from the training transcripts in memory and plugs into `ctc_prefix_beam_search` like
+    any character LM.
     """
 
     def __init__(self, order: int, space_id: int) -> None:
