@@ -106,6 +106,8 @@ class CharNgramLM:
 
 
 _END = -2  # the end-of-sentence word id of `LexiconWordLM`
+# `LexiconWordLM`'s reading of an emitted context: (word-id history, partial word's characters).
+_WordState = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 @dataclasses.dataclass
@@ -153,8 +155,7 @@ class LexiconWordLM:
         self._prefix_words: collections.Counter[tuple[int, ...]] = collections.Counter()
         self._tables: dict[tuple[int, ...], _HistoryCounts] = {}
         self._mass_cache: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
-        self._state_cache: dict[tuple[int, ...], tuple[tuple[int, ...], tuple[int, ...]] | None]
-        self._state_cache = {}
+        self._state_cache: dict[tuple[int, ...], _WordState | None] = {}
 
     def _split_words(self, sequence: Sequence[int]) -> list[tuple[int, ...]]:
         words, current = [], []
@@ -223,7 +224,7 @@ class LexiconWordLM:
             )
         return self._mass_cache[key]
 
-    def _state(self, context: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    def _state(self, context: tuple[int, ...]) -> _WordState | None:
         """`(word history, partial word)` of an emitted context; None when a finished word is
         not in the lexicon."""
         if context not in self._state_cache:
