@@ -44,6 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.remat_policy = "none"
     config.model.attention_impl = "auto"  # cuDNN fused attention on GPU in bf16, else XLA
     config.model.qkv_fused = False  # True: one [embed, 3, heads, head_dim] projection
+    # False: logits stay in model.dtype (bf16 on GPU) and the loss upcasts inside its
+    # reductions, so no float32 [B, T, vocab] copy is written; same loss and gradients.
+    config.model.cast_logits_to_fp32 = True
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"

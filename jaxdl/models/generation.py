@@ -51,8 +51,8 @@ def init_cache(model: TransformerLM, batch_size: int, length: int) -> Any:
 def _forward(
     model: TransformerLM, params: Any, cache: Any, tokens: jax.Array, start: jax.Array | int
 ) -> tuple[jax.Array, Any]:
-    """Last-position logits [B, vocab] of ``tokens`` [B, L] placed at positions start..start+L-1
-    after the cached ones, and the updated cache."""
+    """Last-position float32 logits [B, vocab] of ``tokens`` [B, L] placed at positions
+    start..start+L-1 after the cached ones, and the updated cache."""
     positions = start + jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     logits, updated = model.apply(
         {"params": params, "cache": cache},
@@ -62,7 +62,7 @@ def _forward(
         decode=True,
         mutable=["cache"],
     )
-    return logits[:, -1], updated["cache"]
+    return logits[:, -1].astype(jnp.float32), updated["cache"]
 
 
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:

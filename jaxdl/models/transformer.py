@@ -218,7 +218,10 @@ class TransformerLM(nn.Module):
     Token + position embeddings -> dropout -> pre-LN causal blocks -> final LN (post-LN blocks
     and no final LN with ``norm_position='post'``) -> logits via the
     tied token table (``tie_embeddings``) or an untied ``lm_head`` [embed, vocab] named
-    ('embed','vocab'). ``dtype`` is the compute dtype (e.g. bf16); logits are always float32.
+    ('embed','vocab'). ``dtype`` is the compute dtype (e.g. bf16); logits are float32 unless
+    ``cast_logits_to_fp32=False`` leaves them in it (MaxText's switch of that name): the LM task's
+    loss upcasts inside its reductions (``jaxdl.tasks.cross_entropy``), so a bf16 model then never
+    writes a float32 copy of its [B, T, vocab] logits, with the same loss and gradients.
     Packed rows (several sequences per row) pass ``segment_ids`` and ``positions``.
     ``decode=True`` runs through key/value caches for generation (``jaxdl.models.generation``).
     """
@@ -244,6 +247,7 @@ class TransformerLM(nn.Module):
     attention_impl: str = "auto"
     qkv_fused: bool = False
     embedding_norm: bool = False
+    cast_logits_to_fp32: bool = True
 
     def __post_init__(self) -> None:
         """Validate hyper-parameters at construction so bad configs fail early."""
@@ -260,8 +264,8 @@ class TransformerLM(nn.Module):
         train: bool,
         decode: bool = False,
     ) -> jax.Array:
-        """Next-token logits [B, T, vocab] (float32) for ``tokens`` [B, T]; position t sees
-        tokens 0..t only.
+        """Next-token logits [B, T, vocab] (float32 unless ``cast_logits_to_fp32=False``) for
+        ``tokens`` [B, T]; position t sees tokens 0..t only.
 
         Packed rows: ``segment_ids`` [B, T] int (equal nonzero ids = one sequence, 0 = padding)
         confine attention to each sequence, and ``positions`` [B, T] int (restarting at 0 per
@@ -299,7 +303,9 @@ class TransformerLM(nn.Module):
                 param_dtype=self.param_dtype,
                 name="lm_head",
             )(x)
-        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        if self.cast_logits_to_fp32:
+            logits = logits.astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 @register_model("transformer_classifier")

@@ -23,10 +23,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxdl.errors import DataError
 from jaxdl.tasks.base import EXAMPLE_MASK, Batch, BatchSpec, Field, Forward, Task, masked_mean
+from jaxdl.tasks.cross_entropy import token_cross_entropy
 
 
 def unigram_log_probs(counts: np.ndarray) -> np.ndarray:
@@ -108,12 +108,13 @@ class LanguageModeling(Task):
         return weights
 
     def _token_losses(self, forward: Forward, batch: Batch):
-        """Per-position NLL [B, T], targets [B, T], weights [B, T] and logits."""
+        """Per-position float32 NLL [B, T], targets [B, T], weights [B, T] and the logits (in the
+        model's dtype: the loss upcasts inside its reductions)."""
         args, kwargs = self.model_inputs(batch)
-        logits = forward(*args, **kwargs).astype(jnp.float32)
+        logits = forward(*args, **kwargs)
         targets = batch["tokens"][:, 1:]
         weights = self.target_weights(batch)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        nll = token_cross_entropy(logits, targets)
         return nll, targets, weights, logits
 
     def loss_weight(self, batch: Batch) -> jax.Array:

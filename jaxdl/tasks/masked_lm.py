@@ -21,9 +21,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxdl.tasks.base import EXAMPLE_MASK, Batch, BatchSpec, Field, Forward, Task, masked_mean
+from jaxdl.tasks.cross_entropy import token_cross_entropy
 
 # Batch fields the masking adds next to the loader's ``tokens``.
 MASKED_INPUTS = "mlm_inputs"
@@ -134,8 +134,8 @@ class MaskedLanguageModeling(Task):
 
     def _token_losses(self, forward: Forward, batch: Batch):
         args, kwargs = self.model_inputs(batch)
-        logits = forward(*args, **kwargs).astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tokens"])
+        logits = forward(*args, **kwargs)
+        nll = token_cross_entropy(logits, batch["tokens"])
         return nll, logits
 
     def loss_weight(self, batch: Batch) -> jax.Array:
