@@ -9,8 +9,8 @@ peers=${2:-../shared/peers}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
-python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())" | tee -a "$out/device.txt"
+source "$here/gpu_step.sh"
+record_device
 for impl in auto xla; do
   timeout 200 python3 "$here/lm_throughput.py" --full --no-peer --out "$out/lm_full_$impl.json" \
     --config.model.attention_impl=$impl 2>&1 | tee "$out/lm_full_$impl.log"

@@ -11,8 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 source "$here/gpu_step.sh"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
-python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" | tee -a "$out/device.txt"
+record_device
 lm=("$here/lm_throughput.py" --full --no-peer --config.model.scan_layers=false
   --config.model.qkv_fused=true)
 for cast in true false; do

@@ -11,8 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 source "$here/gpu_step.sh"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
-python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" | tee -a "$out/device.txt"
+record_device
 # CUDA graphs off (an empty --xla_gpu_enable_command_buffer): under them the trace shows one
 # command_buffer op per step instead of its kernels. Conformer-M needs ~75 s of init and ~60 s
 # of compilation on an H200, hence its limits.

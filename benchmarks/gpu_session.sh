@@ -11,8 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 source "$here/gpu_step.sh"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
-python3 -c "import jax, flax, optax, orbax.checkpoint as o, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__, jax.devices())" | tee -a "$out/device.txt"
+record_device
 step conformer_jaxdl 140 python3 "$here/conformer_throughput.py" --full --no-peer --out "$out/conformer_full.json"
 # torch_conformer.py times S and M; only M is compared here, so its S row is left out for time.
 sed 's/for name, d, h, ffn, L in \[("S", 144, 4, 576, 16), /for name, d, h, ffn, L in [/' \
