@@ -7,8 +7,6 @@ set -uo pipefail
 out=${1:?usage: gpu_lm.sh OUT_DIR [PEERS_DIR]}
 peers=${2:-../shared/peers}
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
 source "$here/gpu_step.sh"
 record_device
 for impl in auto xla; do

@@ -8,8 +8,6 @@
 set -uo pipefail
 out=${1:?usage: gpu_logits.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
 source "$here/gpu_step.sh"
 record_device
 lm=("$here/lm_throughput.py" --full --no-peer --config.model.scan_layers=false

@@ -8,8 +8,6 @@
 set -uo pipefail
 out=${1:?usage: gpu_profile.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
 source "$here/gpu_step.sh"
 record_device
 # CUDA graphs off (an empty --xla_gpu_enable_command_buffer): under them the trace shows one

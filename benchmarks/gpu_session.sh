@@ -8,8 +8,6 @@ set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [PEERS_DIR]}
 peers=${2:-../shared/peers}
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
 source "$here/gpu_step.sh"
 record_device
 step conformer_jaxdl 140 python3 "$here/conformer_throughput.py" --full --no-peer --out "$out/conformer_full.json"

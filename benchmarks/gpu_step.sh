@@ -1,5 +1,8 @@
-# Sourced by the GPU scripts (gpu_session.sh, gpu_profile.sh, gpu_logits.sh, gpu_lm.sh);
-# expects $out to be set.
+# Sourced by the GPU scripts (gpu_session.sh, gpu_profile.sh, gpu_logits.sh, gpu_lm.sh) once
+# they have set $out: creates it and unbuffers Python's output for the logs.
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
 # step NAME SECONDS COMMAND...: runs COMMAND under a timeout, logs to $out/NAME.log, prints its
 # exit status and time and the log's last lines, so one slow compile cannot cost the rest.
 step() {

@@ -203,7 +203,11 @@ _VARIANT_DEFAULT_RUNS = (("fsdp2_tp4", "auto"),)
 TASK_CASES = {
     # The LM's padded targets weight each device's loss by its tokens: every mesh but pure DP
     # (the ResNet runs cover that one) stays in the default suite.
-    "lm": TaskCase(_LM, _lm_task, (("fsdp8", "auto"), ("dp2_tp4", "auto"), *TASK_RUNS[-2:])),
+    "lm": TaskCase(
+        _LM,
+        _lm_task,
+        (("fsdp8", "auto"), ("dp2_tp4", "auto"), ("fsdp2_tp4", "auto"), ("fsdp2_tp4", "explicit")),
+    ),
     "text_classifier": TaskCase(_CLASSIFIER, _classifier_task, _VARIANT_DEFAULT_RUNS),
     # Llama layout: RMSNorm, SwiGLU, rotary positions, untied lm_head and grouped-query
     # attention with 2 kv heads, fewer than tensor=4 (their kernels stay replicated there).
