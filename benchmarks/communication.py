@@ -104,12 +104,14 @@ def _workload(model_name: str, args: argparse.Namespace):
 
 def _tp_activation_minimum(model, mesh_sizes: dict[str, int], batch: int, seq_len: int) -> float:
     """Megatron TP: 4 ring all-reduces per layer of [batch/(data·fsdp), T, embed] float32."""
-    tensor = mesh_sizes["tensor"]
-    if tensor == 1 or not hasattr(model, "num_layers"):
+    from jaxdl.parallel.collectives import megatron_activation_bytes
+
+    if mesh_sizes["tensor"] == 1 or not hasattr(model, "num_layers"):
         return 0.0
     local_batch = batch // (mesh_sizes["data"] * mesh_sizes["fsdp"])
-    activation = local_batch * seq_len * model.embed_dim * 4
-    return model.num_layers * 4 * 2 * (tensor - 1) / tensor * activation
+    return megatron_activation_bytes(
+        model.num_layers, local_batch, seq_len, model.embed_dim, mesh_sizes["tensor"]
+    )
 
 
 def run_case(

@@ -1,6 +1,7 @@
 """The explicit gradient reduction: collective bytes at the minimum, the right collective kinds,
 the same training as one device, and the config switches around it (``mesh.*``)."""
 
+import functools
 import os
 
 import jax
@@ -15,6 +16,7 @@ from jaxdl.errors import ConfigError
 from jaxdl.experiment import build_experiment
 from jaxdl.models import get_model
 from jaxdl.parallel import DEFAULT_RULES, batch_sharding, make_mesh, shard_batch
+from jaxdl.parallel.collectives import type_dims
 from jaxdl.parallel.gradients import (
     CompilerReduction,
     ExplicitReduction,
@@ -108,6 +110,67 @@ def test_fsdp_gradients_are_reduce_scattered_not_all_reduced():
     compiler = _lm_report({"fsdp": 8}, mode="compiler").collectives.by_kind
     assert compiler["reduce-scatter"].bytes == 0
     assert compiler["all-reduce"].bytes > 0.9 * 2 * 7 / 8 * fsdp.param_bytes
+
+
+# Tensor parallelism (the compiler's reduction): GPT-2's layout in miniature, with a vocabulary
+# that the tensor axis does not divide (GPT-2's 50,257 under tensor=4).
+TP_SIZES = {"fsdp": 2, "tensor": 4}
+TP_LM = {"vocab_size": 1001, "num_layers": 2, "num_heads": 4, "embed_dim": 32, "mlp_dim": 64}
+TP_SEQ = 16
+
+
+@functools.cache
+def _tp_lm_report(**layout):
+    model = get_model("transformer_lm", max_len=TP_SEQ, **TP_LM, **layout)
+    mesh = make_mesh(TP_SIZES, jax.devices()[:8])
+    example = jax.ShapeDtypeStruct((TP_SEQ,), jnp.int32)
+    return compile_train_step(model, optax.adamw(1e-3), mesh, 8, example)
+
+
+def _tensor_activation_all_reduces(report) -> float:
+    """All-reduces of [batch/fsdp, T, embed] activations over the tensor axis, per step (a
+    combined all-reduce of k such buffers counts k)."""
+    activation = f"f32[{8 // TP_SIZES['fsdp']},{TP_SEQ},{TP_LM['embed_dim']}]"
+    return sum(
+        op.runs * sum(t.startswith(activation) for t in op.operand_types)
+        for op in report.collectives.ops
+        if op.kind == "all-reduce" and op.group_size == TP_SIZES["tensor"]
+    )
+
+
+def _tensor_gathers_of_the_table(report) -> float:
+    """All-gather bytes over the tensor axis of (padded) token-table rows."""
+    return sum(
+        op.bytes
+        for op in report.collectives.ops
+        if op.kind == "all-gather"
+        and op.group_size == TP_SIZES["tensor"]
+        and type_dims(op.operand_types[0])[0] * TP_SIZES["tensor"] >= TP_LM["vocab_size"]
+    )
+
+
+def test_megatron_layout_all_reduces_four_activations_per_block():
+    """Fused q/k/v: one input gradient per attention, so Megatron's 2 forward + 2 backward
+    activation all-reduces per block, plus one for the vocabulary-parallel output projection's
+    input gradient; separate q/k/v projections all-reduce three partial input gradients
+    (XLA:CPU does not add them before reducing)."""
+    layers = TP_LM["num_layers"]
+    fused = _tp_lm_report(qkv_fused=True, vocab_divisible_by=128)
+    assert _tensor_activation_all_reduces(fused) == 4 * layers + 1
+    assert _tensor_activation_all_reduces(_tp_lm_report()) == 6 * layers + 1
+
+
+def test_a_padded_vocabulary_keeps_the_token_table_sharded_over_the_tensor_axis():
+    """Unpadded, 4 does not divide 1001 rows: the table is replicated over the tensor axis
+    while its gradient comes out vocabulary-sharded, so the update is all-gathered (table,
+    and Adam's two moments). Padded to 1024 rows the table stays sharded: no such gathers, and
+    the outputs keep 1001 logits."""
+    unpadded = _tp_lm_report(qkv_fused=True)
+    table = 1001 * TP_LM["embed_dim"] * 4 / TP_SIZES["fsdp"]
+    assert _tensor_gathers_of_the_table(unpadded) >= 3 * 3 / 4 * table
+    padded = _tp_lm_report(qkv_fused=True, vocab_divisible_by=128)
+    assert _tensor_gathers_of_the_table(padded) == 0
+    assert padded.collectives.total_bytes < unpadded.collectives.total_bytes - table
 
 
 def _lm_batches(num_steps=3, batch=16, seq_len=12):

@@ -89,6 +89,32 @@ def test_gpt2_import_reproduces_the_transformers_logits(gpt2, scan_layers):
     _assert_logits_match(got, want)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_gpt2_import_into_the_presets_fused_padded_layout(gpt2, tmp_path, tied):
+    """qkv_fused + vocab_divisible_by (the gpt2_small/medium layout): one qkv kernel, the
+    128-token table padded to 192 rows, and still transformers' logits."""
+    model, directory = gpt2
+    if not tied:
+        torch.manual_seed(1)
+        config = transformers.GPT2Config(**GPT2_SIZE, tie_word_embeddings=False)
+        model = transformers.GPT2LMHeadModel(config)
+        directory = _save(model, tmp_path)
+    tokens = _tokens()
+    with torch.no_grad():
+        want = model(torch.from_numpy(tokens).long()).logits.numpy()
+    kwargs, params = import_gpt2(directory, qkv_fused=True, vocab_divisible_by=96)
+    assert kwargs["qkv_fused"] and kwargs["vocab_divisible_by"] == 96
+    assert params["decoder"]["layers"]["attention"]["qkv"]["kernel"].shape == (2, 64, 3, 4, 16)
+    assert params["token_embed"]["embedding"].shape == (192, 64)
+    if not tied:
+        assert params["lm_head"]["kernel"].shape == (64, 192)
+    got = TransformerLM(**kwargs).apply({"params": params}, jnp.asarray(tokens), train=False)
+    assert got.shape == want.shape
+    _assert_logits_match(got, want)
+    with pytest.raises(ConfigError, match="vocab_divisible_by must be >= 1"):
+        import_gpt2(directory, vocab_divisible_by=0)
+
+
 def test_gpt2_import_with_an_untied_head_from_the_weights_file(tmp_path):
     torch.manual_seed(1)
     config = transformers.GPT2Config(**GPT2_SIZE, tie_word_embeddings=False)

@@ -340,15 +340,18 @@ def test_registry_rejects_unknown_names_and_kwargs():
 def test_register_model_makes_a_new_model_available(monkeypatch):
     # Register into a copy so the test model does not leak into other tests.
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_DEFAULTS", dict(registry._DEFAULTS))
 
-    @register_model("test_tiny_lenet")
+    @register_model("test_tiny_lenet", defaults={"num_classes": 4, "padding": "SAME"})
     class TinyLeNet(LeNet5):
         pass
 
     assert "test_tiny_lenet" in available_models()
-    model = get_model("test_tiny_lenet", num_classes=3, padding="SAME")
+    model = get_model("test_tiny_lenet", num_classes=3)
     assert isinstance(model, TinyLeNet)
-    assert model.num_classes == 3
+    # A default applies unless the caller passes its own.
+    assert (model.num_classes, model.padding) == (3, "SAME")
+    assert get_model("test_tiny_lenet").num_classes == 4
 
 
 def test_get_model_passes_kwargs_and_aliases_fix_depth():
@@ -356,6 +359,10 @@ def test_get_model_passes_kwargs_and_aliases_fix_depth():
     assert (model.depth, model.num_classes, model.width) == (56, 7, 8)
     assert get_model("resnet32", num_classes=2).depth == 32
     assert get_model("vgg16", num_classes=2).depth == 16
+    # The GPT-2 presets' layout is a default (overridable), their sizes are fixed.
+    gpt2 = get_model("gpt2_small")
+    assert (gpt2.qkv_fused, gpt2.vocab_divisible_by, gpt2.vocab_size) == (True, 128, 50257)
+    assert not get_model("gpt2_small", qkv_fused=False).qkv_fused
 
 
 @pytest.mark.parametrize(

@@ -38,9 +38,9 @@ HEADS_PARAMS = LAYERS * (
 @pytest.fixture(scope="module")
 def gpt2_params():
     mesh = make_mesh({"tensor": 8})
-    return abstract_params(
-        get_model("gpt2_small"), lambda: ((jnp.zeros((1, 8), jnp.int32),), {}), mesh
-    )
+    # Hugging Face's layout (separate q/k/v, 50,257 rows), not the preset's padded, fused one.
+    model = get_model("gpt2_small", qkv_fused=False, vocab_divisible_by=1)
+    return abstract_params(model, lambda: ((jnp.zeros((1, 8), jnp.int32),), {}), mesh)
 
 
 def test_gpt2_small_under_tensor_8_reports_vocab_and_heads_fallbacks(gpt2_params):
@@ -68,6 +68,17 @@ def test_gpt2_small_under_tensor_8_reports_vocab_and_heads_fallbacks(gpt2_params
     assert embedding.bytes_per_device == embedding.bytes  # fsdp=1: held whole by every device
     wi = rows["decoder/layers/mlp/wi/kernel"]
     assert not wi.fallbacks and wi.bytes_per_device * 8 == wi.bytes == 4 * LAYERS * EMBED * MLP
+
+
+def test_the_gpt2_preset_pads_its_vocabulary_so_only_the_heads_fall_back():
+    mesh = make_mesh({"tensor": 8})
+    params = abstract_params(
+        get_model("gpt2_small"), lambda: ((jnp.zeros((1, 8), jnp.int32),), {}), mesh
+    )
+    report = sharding_report(params, mesh)
+    assert {(f.logical, f.size) for _, f in report.fallbacks} == {("heads", HEADS)}
+    embedding = {p.path: p for p in report.params}["token_embed/embedding"]
+    assert embedding.shape == (50_304, EMBED) and tuple(embedding.spec) == ("tensor", "fsdp")
 
 
 def test_dimensions_the_mesh_divides_give_no_warning(gpt2_params):

@@ -316,16 +316,25 @@ def test_dropout_is_active_in_train_mode_only(lm_variables):
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    ("name", "expected", "embed"),
     # Equal to Hugging Face's GPT2LMHeadModel counts (tied head, learned positions, biases).
-    [("gpt2_small", 124_439_808), ("gpt2_medium", 354_823_168)],
+    [("gpt2_small", 124_439_808, 768), ("gpt2_medium", 354_823_168, 1024)],
 )
-def test_gpt2_presets_have_the_published_param_counts(name, expected):
+def test_gpt2_presets_have_the_published_param_counts(name, expected, embed):
+    tokens = jnp.zeros((1, 8), jnp.int32)
+
+    def count(model):
+        return _num_params(jax.eval_shape(lambda: model.init(KEY, tokens, train=False))["params"])
+
     model = get_model(name, dtype=jnp.bfloat16)
     assert model.dtype == jnp.bfloat16
-    tokens = jnp.zeros((1, 8), jnp.int32)
-    variables = jax.eval_shape(lambda: model.init(KEY, tokens, train=False))
-    assert _num_params(variables["params"]) == expected
+    assert count(get_model(name, vocab_divisible_by=1)) == expected
+    # The preset pads the 50,257-row table to 50,304 (128 x 393) for tensor parallelism.
+    assert count(model) == expected + (50_304 - 50_257) * embed
+    logits = jax.eval_shape(
+        lambda: model.apply(model.init(KEY, tokens, train=False), tokens, train=False)
+    )
+    assert logits.shape == (1, 8, 50_257)
     with pytest.raises(TypeError, match="num_layers"):
         get_model(name, num_layers=2)
 
@@ -416,6 +425,49 @@ def test_layer_param_names_and_shapes():
     positions = LearnedPositionEmbedding(8).init(KEY, x)["params"]["embedding"]
     assert positions.names == ("pos", "embed")
     assert positions.value.shape == (8, 16)
+
+
+def test_a_padded_table_looks_up_and_attends_like_the_unpadded_one():
+    tokens = jnp.array([[0, 9, 3], [9, 1, 2]], jnp.int32)
+    padded = Embed(10, 16, rows_divisible_by=8)
+    table = padded.init(KEY, tokens)["params"]["embedding"]
+    assert table.value.shape == (16, 16)
+    real = {"params": {"embedding": nn.unbox(table)[:10]}}
+    x = jax.random.normal(KEY, (2, 3, 16))
+    for method, inputs in ((None, tokens), (Embed.attend, x)):
+        np.testing.assert_array_equal(
+            padded.apply({"params": {"embedding": table}}, inputs, method=method),
+            Embed(10, 16).apply(real, inputs, method=method),
+        )
+
+
+@pytest.mark.parametrize("kwargs", [{"tie_embeddings": True}, {"tie_embeddings": False}])
+def test_vocab_divisible_by_pads_the_parameters_but_not_the_logits(kwargs):
+    config = dict(vocab_size=21, num_layers=1, num_heads=2, embed_dim=8, mlp_dim=16, max_len=6)
+    tokens = jnp.array([[1, 20, 5, 7]], jnp.int32)
+    padded = TransformerLM(**config, **kwargs, vocab_divisible_by=16)
+    params = nn.unbox(padded.init(KEY, tokens, train=False)["params"])
+    assert params["token_embed"]["embedding"].shape == (32, 8)
+    if not kwargs["tie_embeddings"]:
+        assert params["lm_head"]["kernel"].shape == (8, 32)
+    # The same model without padding, on the real rows/columns, gives the same logits.
+    unpadded = jax.tree_util.tree_map_with_path(
+        lambda path, p: (
+            p[:21]
+            if "embedding" in str(path[-2:]) and p.shape[0] == 32
+            else p[:, :21]
+            if "lm_head" in str(path)
+            else p
+        ),
+        params,
+    )
+    logits = padded.apply({"params": params}, tokens, train=False)
+    assert logits.shape == (1, 4, 21)
+    np.testing.assert_array_equal(
+        logits, TransformerLM(**config, **kwargs).apply({"params": unpadded}, tokens, train=False)
+    )
+    with pytest.raises(ValueError, match="vocab_divisible_by must be >= 1"):
+        TransformerLM(**config, vocab_divisible_by=0)
 
 
 def test_sinusoidal_positions_follow_the_sin_cos_formula():

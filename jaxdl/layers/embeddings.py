@@ -25,17 +25,25 @@ class Embed(nn.Embed):
     ``__call__``: int tokens [batch, length] -> [batch, length, embed];
     ``attend``: [batch, length, embed] -> [batch, length, vocab], the tied output projection
     (inner products with every table row). Both outputs carry logical constraints.
+
+    ``rows_divisible_by`` > 1 rounds the table up to a multiple of that many rows (Megatron's
+    ``make_vocab_size_divisible_by``): a mesh axis that does not divide the vocabulary (GPT-2's
+    50,257) would leave the table replicated, so its tensor-parallel gradient is all-gathered
+    every step. The extra rows are never looked up and ``attend`` drops their logits.
     """
 
     embedding_init: nn.initializers.Initializer = embedding_normal_init
     table_axes: tuple[str, str] = TOKEN_TABLE_AXES
+    rows_divisible_by: int = 1
 
     def setup(self) -> None:
         """Create the logically named table (``nn.Embed.setup`` with a boxed initialiser)."""
+        if self.rows_divisible_by < 1:
+            raise ValueError(f"rows_divisible_by must be >= 1, got {self.rows_divisible_by}")
         self.embedding = self.param(
             "embedding",
             nn.with_logical_partitioning(self.embedding_init, tuple(self.table_axes)),
-            (self.num_embeddings, self.features),
+            (padded_size(self.num_embeddings, self.rows_divisible_by), self.features),
             self.param_dtype,
         )
 
@@ -49,7 +57,22 @@ class Embed(nn.Embed):
         """Project [batch, length, embed] onto the table: logits [batch, length, vocab]."""
         if query.ndim != 3:
             raise ValueError(f"Embed.attend expects [batch, length, embed], got {query.shape}")
-        return nn.with_logical_constraint(super().attend(query), ("batch", "length", "vocab"))
+        return unpadded_logits(super().attend(query), self.num_embeddings)
+
+
+def padded_size(size: int, divisible_by: int) -> int:
+    """``size`` rounded up to a multiple of ``divisible_by``."""
+    return -(-size // divisible_by) * divisible_by
+
+
+def unpadded_logits(logits: jax.Array, vocab_size: int) -> jax.Array:
+    """The first ``vocab_size`` logits of a padded vocabulary, constrained ('batch', 'length',
+    'vocab'). The slice is taken after the vocabulary-sharded projection, so each device keeps its
+    shard (XLA moves only the boundary columns)."""
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    if logits.shape[-1] == vocab_size:
+        return logits
+    return nn.with_logical_constraint(logits[..., :vocab_size], ("batch", "length", "vocab"))
 
 
 def _check_sequence(x: jax.Array, max_len: int | None, name: str) -> None:

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 
 from jaxdl.errors import ConfigError, DataError
 from jaxdl.integrity import key_path_str
+from jaxdl.layers.embeddings import padded_size
 from jaxdl.models.transformer import TransformerClassifier, TransformerLM, TransformerMaskedLM
 
 # (checkpoint tensor, num_heads) -> the tensor in jaxdl's layout.
@@ -60,6 +61,12 @@ def _fused_qkv(index: int) -> Transform:
         return _to_heads(np.split(w, 3, axis=-1)[index], heads)
 
     return select
+
+
+def _qkv_to_heads(w: np.ndarray, heads: int) -> np.ndarray:
+    """GPT-2's fused ``c_attn`` [E, 3E] or [3E] -> the fused ``qkv`` kernel [E, 3, H, D] or bias
+    [3, H, D] (its output axis is query | key | value, each heads x head_dim)."""
+    return w.reshape(*w.shape[:-1], 3, heads, w.shape[-1] // (3 * heads))
 
 
 def _linear_to_heads(w: np.ndarray, heads: int) -> np.ndarray:
@@ -106,6 +113,10 @@ GPT2_RULES = (
     Rule("h.{i}.mlp.c_proj.bias", "decoder/{layers}/mlp/wo/bias"),
     Rule("ln_f.weight", "decoder/final_norm/scale"),
     Rule("ln_f.bias", "decoder/final_norm/bias"),
+)
+GPT2_FUSED_QKV_RULES = (  # replace GPT2_RULES' q/k/v rules for ``qkv_fused`` models
+    Rule("h.{i}.attn.c_attn.weight", "decoder/{layers}/attention/qkv/kernel", _qkv_to_heads),
+    Rule("h.{i}.attn.c_attn.bias", "decoder/{layers}/attention/qkv/bias", _qkv_to_heads),
 )
 GPT2_UNTIED_HEAD = Rule("lm_head.weight", "lm_head/kernel", _transposed)
 # Causal-mask buffers that older GPT-2 files carry (transformers skips them too).
@@ -366,7 +377,11 @@ def gpt2_model_kwargs(config: Mapping[str, Any], *, scan_layers: bool = True) ->
 
 
 def import_gpt2(
-    path: str | os.PathLike, *, scan_layers: bool = True
+    path: str | os.PathLike,
+    *,
+    scan_layers: bool = True,
+    qkv_fused: bool = False,
+    vocab_divisible_by: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(model_kwargs, params)`` for a 🤗 GPT-2 checkpoint, so that
     ``TransformerLM(**model_kwargs).apply({'params': params}, tokens, train=False)`` gives its
@@ -375,17 +390,25 @@ def import_gpt2(
     ``path``: a checkpoint directory (``model.safetensors`` and ``config.json``, as
     ``save_pretrained`` or a hub download leaves it) or the ``.safetensors`` file, with its
     ``config.json`` beside it. ``params`` are NumPy float32 arrays, the blocks stacked on a
-    leading layer axis when ``scan_layers`` (else under ``layers_0`` ...). Raises
-    ``DataError``/``ConfigError`` (one line) for an unreadable, incomplete or non-GPT-2
-    checkpoint.
+    leading layer axis when ``scan_layers`` (else under ``layers_0`` ...). ``qkv_fused`` and
+    ``vocab_divisible_by`` give the layout of the ``gpt2_small``/``gpt2_medium`` presets (one
+    ``qkv`` kernel; the table, and an untied head, padded with zero rows that are never looked
+    up and whose logits are dropped). Raises ``DataError``/``ConfigError`` (one line) for an
+    unreadable, incomplete or non-GPT-2 checkpoint.
     """
+    if vocab_divisible_by < 1:
+        raise ConfigError(f"vocab_divisible_by must be >= 1, got {vocab_divisible_by}")
     file = _weights_file(path)
     kwargs = gpt2_model_kwargs(_read_config(os.path.dirname(file)), scan_layers=scan_layers)
+    kwargs["qkv_fused"] = qkv_fused
     tensors = {key.removeprefix("transformer."): t for key, t in load_safetensors(file).items()}
     tied = kwargs["tie_embeddings"]
+    rules = GPT2_RULES if tied else (*GPT2_RULES, GPT2_UNTIED_HEAD)
+    if qkv_fused:
+        rules = (*(r for r in rules if "c_attn" not in r.source), *GPT2_FUSED_QKV_RULES)
     params = map_tensors(
         tensors,
-        GPT2_RULES if tied else (*GPT2_RULES, GPT2_UNTIED_HEAD),
+        rules,
         abstract_params(TransformerLM(**kwargs)),
         num_layers=kwargs["num_layers"],
         num_heads=kwargs["num_heads"],
@@ -394,6 +417,13 @@ def import_gpt2(
         ignore=(*GPT2_IGNORED, r"lm_head\.weight") if tied else GPT2_IGNORED,
         source=file,
     )
+    if vocab_divisible_by > 1:
+        kwargs["vocab_divisible_by"] = vocab_divisible_by
+        rows = padded_size(kwargs["vocab_size"], vocab_divisible_by) - kwargs["vocab_size"]
+        table = params["token_embed"]["embedding"]
+        params["token_embed"]["embedding"] = np.pad(table, ((0, rows), (0, 0)))
+        if not tied:
+            params["lm_head"]["kernel"] = np.pad(params["lm_head"]["kernel"], ((0, 0), (0, rows)))
     return kwargs, params
 
 

@@ -2,23 +2,26 @@
 
 import functools
 import inspect
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import flax.linen as nn
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 # Linen plumbing arguments that are not model hyper-parameters.
 _NON_CONFIG_ARGS = frozenset({"parent", "name"})
 
 
-def register_model(name: str) -> Callable[[F], F]:
+def register_model(name: str, *, defaults: Mapping[str, Any] | None = None) -> Callable[[F], F]:
     """Decorator registering a model class (or ``functools.partial`` of one) under ``name``.
 
-    Returns the factory unchanged. A name can be registered only once.
+    A partial's keywords are fixed (``get_model`` refuses them); ``defaults`` are keywords the
+    name sets unless the caller passes its own. Returns the factory unchanged. A name can be
+    registered only once.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"Model name must be a non-empty string, got {name!r}")
@@ -27,6 +30,7 @@ def register_model(name: str) -> Callable[[F], F]:
         if name in _REGISTRY:
             raise ValueError(f"Model name {name!r} is already registered")
         _REGISTRY[name] = factory
+        _DEFAULTS[name] = dict(defaults or {})
         return factory
 
     return decorator
@@ -62,7 +66,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
             f"Model {name!r} got unexpected keyword argument(s) {unknown}; "
             f"accepted: {sorted(_accepted_kwargs(factory))}"
         )
-    return factory(**kwargs)
+    return factory(**{**_DEFAULTS[name], **kwargs})
 
 
 def model_hyperparameters(name: str) -> set[str]:

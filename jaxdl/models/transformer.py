@@ -9,7 +9,10 @@ attention; None = num_heads), ``norm_position`` ('pre' | 'post': LN after each r
 no final norm), ``norm_epsilon`` (1e-5), ``embedding_norm`` (a norm ``embed_norm`` over the
 summed embeddings), ``attention_impl`` ('auto' | 'xla' | 'cudnn', see
 ``jaxdl.layers.attention.attention_implementation``) and ``qkv_fused`` (one ``qkv`` projection
-kernel instead of ``query``/``key``/``value``; needs num_kv_heads == num_heads). The classifier
+kernel instead of ``query``/``key``/``value``; needs num_kv_heads == num_heads; under tensor
+parallelism XLA:CPU then all-reduces one input gradient per block instead of three) and
+``vocab_divisible_by`` (token table and LM head rounded up to a multiple of that many rows, as
+Megatron does, so a tensor axis shards them; outputs keep ``vocab_size`` logits). The classifier
 also has ``token_type_vocab`` (a token-type table ``type_embed`` and a ``token_type_ids`` input) and
 ``pooler`` ('none' | 'tanh'); with
 ``norm_position='post'``, ``embedding_norm``, ``token_type_vocab=2``, ``pooler='tanh'``,
@@ -38,7 +41,7 @@ from jaxdl.layers import (
     make_norm,
 )
 from jaxdl.layers.attention import ATTENTION_IMPLS
-from jaxdl.layers.embeddings import TOKEN_TYPE_TABLE_AXES
+from jaxdl.layers.embeddings import TOKEN_TYPE_TABLE_AXES, padded_size, unpadded_logits
 from jaxdl.layers.mlp import MLP_ACTIVATIONS
 from jaxdl.layers.remat import REMAT_POLICIES
 from jaxdl.layers.transformer import NORM_POSITIONS
@@ -71,6 +74,8 @@ def _check_config(model: nn.Module) -> None:
         )
     if not 0.0 <= model.dropout_rate < 1.0:
         raise ValueError(f"{kind} dropout_rate must be in [0, 1), got {model.dropout_rate}")
+    if model.vocab_divisible_by < 1:
+        raise ValueError(f"{kind} vocab_divisible_by must be >= 1, got {model.vocab_divisible_by}")
     if getattr(model, "token_type_vocab", 0) < 0:
         raise ValueError(f"{kind} token_type_vocab must be >= 0, got {model.token_type_vocab}")
     for name, choices in (
@@ -158,6 +163,7 @@ def _embed_and_encode(
         model.embed_dim,
         dtype=model.dtype,
         param_dtype=model.param_dtype,
+        rows_divisible_by=model.vocab_divisible_by,
         name="token_embed",
     )
     x = embed(tokens)
@@ -246,6 +252,7 @@ class TransformerLM(nn.Module):
     norm_epsilon: float = 1e-5
     attention_impl: str = "auto"
     qkv_fused: bool = False
+    vocab_divisible_by: int = 1
     embedding_norm: bool = False
     cast_logits_to_fp32: bool = True
 
@@ -295,14 +302,15 @@ class TransformerLM(nn.Module):
         if self.tie_embeddings:
             logits = embed.attend(x)
         else:
-            logits = Dense(
-                self.vocab_size,
+            head = Dense(
+                padded_size(self.vocab_size, self.vocab_divisible_by),
                 kernel_axes=("embed", "vocab"),
                 use_bias=False,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="lm_head",
-            )(x)
+            )
+            logits = unpadded_logits(head(x), self.vocab_size)
         if self.cast_logits_to_fp32:
             logits = logits.astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
@@ -344,6 +352,7 @@ class TransformerClassifier(nn.Module):
     norm_epsilon: float = 1e-5
     attention_impl: str = "auto"
     qkv_fused: bool = False
+    vocab_divisible_by: int = 1
     embedding_norm: bool = False
     token_type_vocab: int = 0
     pooler: str = "none"
@@ -471,6 +480,7 @@ class TransformerMaskedLM(nn.Module):
     norm_epsilon: float = 1e-5
     attention_impl: str = "auto"
     qkv_fused: bool = False
+    vocab_divisible_by: int = 1
     embedding_norm: bool = False
     token_type_vocab: int = 0
 
@@ -530,14 +540,18 @@ class TransformerMaskedLM(nn.Module):
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
-# GPT-2 sizes (Radford et al. 2019); everything but dropout/dtypes/scan/remat is fixed.
+# GPT-2 sizes (Radford et al. 2019); everything but dropout/dtypes/scan/remat and the layout below
+# is fixed. The layout is Megatron-LM's for tensor parallelism: one fused q/k/v projection (GPT-2's
+# own ``c_attn``) and the 50,257-token table padded to 50,304 rows (a multiple of 128, which any
+# tensor axis up to 128 divides). ``jaxdl.models.hf_import`` builds 🤗's unpadded, unfused layout.
 _GPT2_SHARED = {"vocab_size": 50257, "max_len": 1024}
-register_model("gpt2_small")(
+_GPT2_LAYOUT = {"qkv_fused": True, "vocab_divisible_by": 128}
+register_model("gpt2_small", defaults=_GPT2_LAYOUT)(
     functools.partial(
         TransformerLM, num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072, **_GPT2_SHARED
     )
 )
-register_model("gpt2_medium")(
+register_model("gpt2_medium", defaults=_GPT2_LAYOUT)(
     functools.partial(
         TransformerLM, num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=4096, **_GPT2_SHARED
     )

@@ -15,6 +15,8 @@ inferred from a ``counter < constant`` loop condition (XLA:TPU's form; assumes t
 at 0, as jax's scan and ``fori_loop(0, n)`` do). Limits: a loop whose trip count is neither is
 counted once (reported in ``unknown_trip_count_loops``); every branch of a ``conditional`` counts
 as executed; bytes are the ring model's, not the interconnect's actual routing.
+``collective_ops`` lists the same per instruction (operand types, group size), to tell e.g. a
+tensor-parallel activation all-reduce from an FSDP gradient one.
 
 XLA's HLO text is parsed here by hand because neither jax nor XLA exposes a per-collective
 summary of a compiled executable to Python.
@@ -253,12 +255,27 @@ class CollectiveStats:
     bytes: float = 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class CollectiveOp:
+    """One collective instruction of a compiled program: its kind, operand types (one per
+    buffer of a combined collective), replica-group size, executions per step and ring-model
+    bytes sent per device per step (all executions)."""
+
+    kind: str
+    operand_types: tuple[str, ...]
+    group_size: int
+    runs: float
+    bytes: float
+
+
 @dataclasses.dataclass
 class CollectiveReport:
-    """Per-kind ``CollectiveStats`` (all of ``COLLECTIVE_KINDS``) of one compiled program."""
+    """Per-kind ``CollectiveStats`` (all of ``COLLECTIVE_KINDS``) of one compiled program, and
+    its collectives one by one (``ops``, see ``collective_ops``)."""
 
     by_kind: dict[str, CollectiveStats]
     unknown_trip_count_loops: int = 0
+    ops: tuple[CollectiveOp, ...] = ()
 
     @property
     def total_bytes(self) -> float:
@@ -295,28 +312,51 @@ def _instruction_bytes(module: HloModule, instruction: Instruction, default_grou
     return _bytes_sent(kind, operand_bytes, n)
 
 
-def collective_report(hlo_text: str, num_devices: int | None = None) -> CollectiveReport:
-    """Counts and per-device bytes of every collective in ``hlo_text`` (see the module doc).
+def collective_ops(hlo_text: str, num_devices: int | None = None) -> list[CollectiveOp]:
+    """Every collective instruction in ``hlo_text`` that runs, in program order.
 
     ``num_devices`` is the group size of collectives with empty ``replica_groups``; by default
     the module header's ``num_partitions × replica_count``.
     """
     module = parse_hlo_module(hlo_text)
+    return _module_ops(module, execution_counts(module)[0], num_devices)
+
+
+def _module_ops(
+    module: HloModule, counts: Mapping[str, float], num_devices: int | None
+) -> list[CollectiveOp]:
     default_group = num_devices or module.num_devices or 1
-    counts, unknown = execution_counts(module)
-    totals = {kind: [0.0, 0.0] for kind in COLLECTIVE_KINDS}
+    ops = []
     for computation, body in module.computations.items():
         runs = counts[computation]
-        if not runs:
-            continue
         for instruction in body:
-            kind = _collective_kind(instruction)
+            kind = _collective_kind(instruction) if runs else None
             if kind is None:
                 continue
-            totals[kind][0] += runs
-            totals[kind][1] += runs * _instruction_bytes(module, instruction, default_group)
+            ops.append(
+                CollectiveOp(
+                    kind,
+                    tuple(module.operand_types(instruction)),
+                    _group_size(instruction.attributes, default_group),
+                    runs,
+                    runs * _instruction_bytes(module, instruction, default_group),
+                )
+            )
+    return ops
+
+
+def collective_report(hlo_text: str, num_devices: int | None = None) -> CollectiveReport:
+    """Counts and per-device bytes of every collective in ``hlo_text`` (see the module doc),
+    per kind; ``num_devices`` as for ``collective_ops``."""
+    module = parse_hlo_module(hlo_text)
+    counts, unknown = execution_counts(module)
+    ops = tuple(_module_ops(module, counts, num_devices))
+    totals = {kind: [0.0, 0.0] for kind in COLLECTIVE_KINDS}
+    for op in ops:
+        totals[op.kind][0] += op.runs
+        totals[op.kind][1] += op.bytes
     by_kind = {kind: CollectiveStats(count, sent) for kind, (count, sent) in totals.items()}
-    return CollectiveReport(by_kind, unknown)
+    return CollectiveReport(by_kind, unknown, ops)
 
 
 # Instructions that move or rename data without computing: they do not hide a collective.
@@ -467,3 +507,13 @@ def minimum_bytes(param_bytes: float, mesh_sizes: Mapping[str, int]) -> float:
     return fsdp_minimum_bytes(per_tensor_shard, fsdp) + data_parallel_minimum_bytes(
         per_tensor_shard / fsdp, replicas
     )
+
+
+def megatron_activation_bytes(
+    num_layers: int, local_batch: int, seq_len: int, embed_dim: int, tensor: int, itemsize: int = 4
+) -> float:
+    """Tensor-parallel activation traffic per device per step of a Megatron Transformer: per
+    block two ring all-reduces of [local_batch, seq_len, embed_dim] forward (after attention
+    and after the MLP) and two backward (their inputs' gradients), over ``tensor`` devices."""
+    activation = local_batch * seq_len * embed_dim * itemsize
+    return num_layers * 4 * 2 * (tensor - 1) / tensor * activation
