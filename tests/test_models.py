@@ -404,6 +404,7 @@ def test_models_run_jitted_under_a_mesh_with_logical_rules(resnet20):
     np.testing.assert_allclose(logits, model.apply(variables, DIGITS, train=False), atol=1e-5)
 
 
+@pytest.mark.slow  # CI's time budget: test_transformer's bridge test covers the path
 def test_nnx_bridge_matches_linen_apply_with_the_same_variables():
     model = get_model("resnet20", num_classes=10, width=4)
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
