@@ -58,7 +58,7 @@ def test_gpt2_small_under_tensor_8_reports_vocab_and_heads_fallbacks(gpt2_params
     assert report.warning() == (
         "sharding fallback: 8 parameter dimensions replicated because the mesh axis does not "
         "divide the size (vocab 50257 over tensor=8, heads 12 over tensor=8): 53.8% of parameter "
-        "bytes replicated, +218.9 MiB per device"
+        "bytes replicated, +218.9 MiB per device; model.vocab_divisible_by pads the vocabulary"
     )
     rows = {p.path: p for p in report.params}
     embedding = rows["token_embed/embedding"]

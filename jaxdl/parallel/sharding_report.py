@@ -103,10 +103,17 @@ class ShardingReport:
         listed = ", ".join(names[:max_groups]) + (", ..." if len(names) > max_groups else "")
         count = len(self.fallbacks)
         cost = self.fallback_bytes_per_device
+        hint = (
+            "; model.vocab_divisible_by pads the vocabulary"
+            if any(f.logical == "vocab" for _, f in self.fallbacks)
+            else ""
+        )
         return (
             f"sharding fallback: {count} parameter dimension{'s' * (count > 1)} replicated because "
             f"the mesh axis does not divide the size ({listed}): {self.replicated_share:.1%} of "
-            "parameter bytes replicated" + (f", +{format_bytes(cost)} per device" if cost else "")
+            "parameter bytes replicated"
+            + (f", +{format_bytes(cost)} per device" if cost else "")
+            + hint
         )
 
     def format_table(self) -> str:
