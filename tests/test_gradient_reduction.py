@@ -158,6 +158,9 @@ def test_megatron_layout_all_reduces_four_activations_per_block():
     fused = _tp_lm_report(qkv_fused=True, vocab_divisible_by=128)
     assert _tensor_activation_all_reduces(fused) == 4 * layers + 1
     assert _tensor_activation_all_reduces(_tp_lm_report()) == 6 * layers + 1
+    # jaxdl compile's report names the largest collectives, to find such excess by eye.
+    largest = _tp_lm_report().format().split("largest:")[1].splitlines()[1:6]
+    assert len(largest) == 5 and any("all-reduce over 4 x" in line for line in largest)
 
 
 def test_a_padded_vocabulary_keeps_the_token_table_sharded_over_the_tensor_axis():

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 
 from jaxdl.errors import UserError
 from jaxdl.parallel.collectives import (
+    CollectiveOp,
     CollectiveReport,
     OverlapStats,
     collective_overlap,
@@ -199,6 +200,7 @@ class CompileReport:
             f"{format_bytes(self.collectives.total_bytes):>12}"
             f"   minimum {format_bytes(self.minimum_bytes)}, measured/minimum {ratio}"
         )
+        lines += _largest_collectives(self.collectives.ops)
         o = self.overlap
         lines.append(
             f"  async pairs {o.async_pairs:g}, overlapped with compute {o.overlapped_pairs:g}: "
@@ -301,6 +303,21 @@ def hlo_matmul_flops(hlo_text: str) -> float:
                 flops = 2 * math.prod(type_dims(instruction.type)) * math.prod(lhs[a] for a in axes)
             total += counts[computation] * flops
     return total
+
+
+def _largest_collectives(ops: Sequence[CollectiveOp], count: int = 5) -> list[str]:
+    """Report lines for the ``count`` collectives sending the most bytes: where a ratio above
+    the minimum comes from (e.g. activation all-reduces over the tensor axis)."""
+    largest = sorted(ops, key=lambda op: op.bytes, reverse=True)[:count]
+    if not largest:
+        return []
+    lines = ["  largest: bytes, kind over group size x executions per step, operands"]
+    for op in largest:
+        operands = [re.sub(r"\{[^}]*\}", "", t) for t in op.operand_types]  # drop layouts
+        more = f" +{len(operands) - 2} more" if len(operands) > 2 else ""
+        where = f"{op.kind} over {op.group_size} x{op.runs:g}"
+        lines.append(f"    {format_bytes(op.bytes):>10}  {where}  {', '.join(operands[:2])}{more}")
+    return lines
 
 
 def compile_lowered(lowered: Any, state: Any, batch: Any, mesh: Mesh) -> CompileReport:
