@@ -329,8 +329,10 @@ def _module_ops(
     ops = []
     for computation, body in module.computations.items():
         runs = counts[computation]
+        if not runs:
+            continue
         for instruction in body:
-            kind = _collective_kind(instruction) if runs else None
+            kind = _collective_kind(instruction)
             if kind is None:
                 continue
             ops.append(
