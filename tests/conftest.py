@@ -13,10 +13,6 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 apply_default_xla_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Tests check behaviour, not speed: compile at LLVM -O0 (jax's own switch; CLI subprocesses
-# inherit it). Only code generation changes; XLA's HLO passes, hence the program, the arithmetic
-# and its order, stay the same. The default suite runs ~30% faster on 2 cores.
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -28,3 +24,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdl-xla-cache-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
+
+def pytest_configure(config) -> None:
+    """The default suite (``make test``: ``-m "not slow"``) compiles at LLVM -O0, jax's own
+    switch, which CLI subprocesses inherit: XLA's HLO passes run as before, only code generation
+    is cheaper. It ran in 14 min 24 s instead of 21 min on 2 cores. Compiled code runs ~10%
+    slower and its float results may differ in the last bits, so the long end-to-end runs of
+    ``make test-slow`` keep the default level. Runs before any test module imports jax."""
+    if (config.option.markexpr or "").strip() == "not slow":
+        os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
