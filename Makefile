@@ -48,6 +48,7 @@ train: $(STAMP)
 	$(BIN)/jaxdl train --config experiments/digits_resnet.py --workdir $(WORKDIR)
 	$(BIN)/jaxdl predict --workdir $(WORKDIR)
 
+# The suite without the slow end-to-end runs, compiled at LLVM -O0 (tests/conftest.py): CI.
 test: $(TEST_STAMP)
 	$(BIN)/ruff check jaxdl tests benchmarks experiments
 	$(BIN)/pytest -q -n 2 -m "not slow" --durations=25
