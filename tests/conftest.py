@@ -31,6 +31,7 @@ def pytest_configure(config) -> None:
     switch, which CLI subprocesses inherit: XLA's HLO passes run as before, only code generation
     is cheaper. It ran in 14 min 24 s instead of 21 min on 2 cores. Compiled code runs ~10%
     slower and its float results may differ in the last bits, so the long end-to-end runs of
-    ``make test-slow`` keep the default level. Runs before any test module imports jax."""
+    ``make test-slow`` keep the default level (tests/test_multihost.py sets -O0 itself, so it
+    stays fast when run alone). Runs before any test module imports jax."""
     if (config.option.markexpr or "").strip() == "not slow":
         os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")

@@ -55,6 +55,7 @@ def _launch(workdir: Path, *args: str) -> list[subprocess.Popen]:
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"  # replaces conftest's 8
     env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # as in this process: see fast_compiles
     processes = []
     for process_id in range(2):
         log = open(workdir / f"worker_{process_id}.log", "w")  # noqa: SIM115 - the child keeps it
@@ -90,6 +91,17 @@ def _logs(workdir: Path) -> str:
         f"--- worker {i} ---\n" + (workdir / f"worker_{i}.log").read_text()[-3000:]
         for i in range(2)
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+    """Compiles at LLVM -O0 here and in the workers: at -O3 XLA's CPU backend needs about 2 s
+    for one ``jax.random.normal`` and 10 s for the ResNet-8's sharded init on these machines,
+    at -O0 several times less. Only code generation changes; XLA's HLO passes, hence the
+    arithmetic and its order, stay the same."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
 
 
 @pytest.fixture
