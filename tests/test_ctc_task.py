@@ -215,6 +215,30 @@ def test_waveform_perturbation_changes_speed_and_adds_noise_at_the_snr_inside_le
     np.testing.assert_array_equal(again, noisy)
 
 
+@pytest.mark.parametrize("speed_factors", [(0.8, 0.8), (1.25, 1.25), (0.75, 1.3)])
+def test_speed_perturbation_equals_numpy_linear_interpolation(speed_factors):
+    """The on-device resampler indexes the uniform grid directly instead of searching it; it
+    must give what np.interp gives at the same source positions, inside each new length."""
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal((4, 3000)).astype(np.float32)
+    lengths = jnp.asarray([3000, 2400, 123, 1], jnp.int32)
+    key = jax.random.key(3)
+    out, new_lengths = jax.jit(
+        lambda k, a, n: perturb_waveforms(k, a, n, speed_factors=speed_factors)
+    )(key, jnp.asarray(audio), lengths)
+    speed_key = jax.random.split(key, 4)[0]
+    low, high = speed_factors
+    factors = np.asarray(jax.random.uniform(speed_key, (4,), minval=low, maxval=high))
+    positions = np.arange(3000, dtype=np.float32)
+    for row in range(4):
+        source = positions * factors[row]
+        expected = np.interp(source, positions, audio[row], right=0.0)
+        expected[source > int(lengths[row]) - 1] = 0.0
+        expected[positions >= int(new_lengths[row])] = 0.0
+        np.testing.assert_allclose(np.asarray(out[row]), expected, atol=1e-6)
+    assert int(new_lengths[3]) == 1
+
+
 def test_a_slowed_utterance_that_fills_its_batch_is_not_cut():
     """A length-bucketed batch is padded only to its longest utterance; slowing that one down
     must lengthen it (the task makes room), not cut its end off with the transcript still
