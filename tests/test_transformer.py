@@ -22,6 +22,7 @@ from jaxdl.layers import (
     dropout_attention,
     sinusoidal_positions,
 )
+from jaxdl.layers.embeddings import dimension_is_sharded, tied_projection
 from jaxdl.models import TransformerClassifier, TransformerLM, get_model
 from jaxdl.parallel import (
     DEFAULT_RULES,
@@ -439,6 +440,33 @@ def test_a_padded_table_looks_up_and_attends_like_the_unpadded_one():
             padded.apply({"params": {"embedding": table}}, inputs, method=method),
             Embed(10, 16).apply(real, inputs, method=method),
         )
+
+
+def test_tied_projection_equals_the_autodiff_of_the_plain_product():
+    query = jax.random.normal(KEY, (3, 5, 16))
+    table = jax.random.normal(jax.random.key(1), (40, 16))
+    weights = jax.random.normal(jax.random.key(2), (3, 5, 40))
+    np.testing.assert_array_equal(tied_projection(query, table), jnp.dot(query, table.T))
+
+    def loss(project):
+        return lambda q, t: jnp.sum(jnp.sin(project(q, t)) * weights)
+
+    custom = jax.grad(loss(tied_projection), (0, 1))(query, table)
+    plain = jax.grad(loss(lambda q, t: jnp.dot(q, t.T)), (0, 1))(query, table)
+    for got, want in zip(custom, plain, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_tied_projection_is_used_only_where_the_vocabulary_is_not_sharded():
+    """Embed.attend's custom VJP is for an unsharded table: under tensor parallelism the
+    partitioner would all-gather the vocabulary-sharded logits gradient for it."""
+    assert not dimension_is_sharded(("vocab", "embed"), 0)  # no mesh
+    for shape, sharded in (({"data": 8}, False), ({"data": 2, "tensor": 4}, True)):
+        with jax.set_mesh(make_mesh(shape)), nn.logical_axis_rules(DEFAULT_RULES):
+            assert dimension_is_sharded(("vocab", "embed"), 0) is sharded
+            assert dimension_is_sharded(("vocab", "embed"), 1) is False
+    with jax.set_mesh(make_mesh({"fsdp": 8})), nn.logical_axis_rules(DEFAULT_RULES):
+        assert dimension_is_sharded(("vocab", "embed"), 1)
 
 
 @pytest.mark.parametrize("kwargs", [{"tie_embeddings": True}, {"tie_embeddings": False}])

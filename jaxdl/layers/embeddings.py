@@ -57,7 +57,52 @@ class Embed(nn.Embed):
         """Project [batch, length, embed] onto the table: logits [batch, length, vocab]."""
         if query.ndim != 3:
             raise ValueError(f"Embed.attend expects [batch, length, embed], got {query.shape}")
-        return unpadded_logits(super().attend(query), self.num_embeddings)
+        if dimension_is_sharded(tuple(self.table_axes), 0):
+            logits = super().attend(query)
+        else:
+            query, table = self.promote_dtype(query, self.embedding, dtype=self.dtype)
+            logits = tied_projection(query, table)
+        return unpadded_logits(logits, self.num_embeddings)
+
+
+def dimension_is_sharded(logical_axes: tuple[str, ...], dim: int) -> bool:
+    """Whether the logical axis rules in force put dimension ``dim`` of an array named
+    ``logical_axes`` on mesh axes of more than one device, in the mesh ``jax.set_mesh`` set (no
+    mesh: not sharded)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    spec = tuple(nn.logical_to_mesh_axes(logical_axes) or ())
+    entry = spec[dim] if dim < len(spec) else None
+    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return int(np.prod([mesh.shape[name] for name in names])) > 1
+
+
+@jax.custom_vjp
+def tied_projection(query: jax.Array, table: jax.Array) -> jax.Array:
+    """``query [B, T, E] . table [V, E]^T`` -> logits [B, T, V], as ``nn.Embed.attend``, with
+    the table's gradient computed as ``(query^T . grad)^T``.
+
+    Autodiff takes it as ``grad^T . query``, for which XLA:CPU first writes the whole
+    [B*T, V] logits gradient a second time, transposed (81 ms of a 1.2 s LM step at B*T=2048,
+    V=8192; benchmarks/README.md, issue 15). Used only where the vocabulary is not sharded: with
+    a vocabulary-sharded table the partitioner all-gathers the logits gradient for this form.
+    """
+    return jnp.dot(query, table.T)
+
+
+def _tied_projection_fwd(query, table):
+    return tied_projection(query, table), (query, table)
+
+
+def _tied_projection_bwd(residuals, grad):
+    query, table = residuals
+    query_grad = jnp.dot(grad, table)
+    table_grad_t = jnp.einsum("btd,btv->dv", query, grad)
+    return query_grad.astype(query.dtype), table_grad_t.T.astype(table.dtype)
+
+
+tied_projection.defvjp(_tied_projection_fwd, _tied_projection_bwd)
 
 
 def padded_size(size: int, divisible_by: int) -> int:
