@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-peer", action="store_true", help="skip the torch row")
     parser.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.profile_dir:
+        parser.error("--profile-dir traces train steps; this benchmark times no train step")
     args.batch_size = args.batch_size or (256 if args.full else 32)
     args.seconds = args.seconds or (16.0 if args.full else 2.17)
     return args

@@ -1,6 +1,10 @@
 """Tests for jaxdl.audio.augment: SpecAugment masks and warp, noise mixing, speed perturbation."""
 
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -129,3 +133,28 @@ def test_speed_perturb_identity_and_bad_factor():
     np.testing.assert_array_equal(speed_perturb(waveform, 1.0), waveform)
     with pytest.raises(ValueError, match="positive"):
         speed_perturb(waveform, 0.0)
+
+
+def test_speech_front_end_benchmark_writes_its_rows(tmp_path):
+    """benchmarks/speech_front_end.py smoke run (no torch peer): both jaxdl rows, timed."""
+    out = tmp_path / "front_end.json"
+    command = [
+        sys.executable,
+        os.path.join("benchmarks", "speech_front_end.py"),
+        "--batch-size=2",
+        "--seconds=0.3",
+        "--warmup=1",
+        "--steps=2",
+        "--no-peer",
+        f"--out={out}",
+    ]
+    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["row"] for row in rows] == ["jaxdl features", "jaxdl augment + features"]
+    assert all(row["step_ms_median"] > 0 for row in rows)
+    bad = subprocess.run(
+        [*command[:2], "--profile-dir=x"], capture_output=True, text=True, env=env, check=False
+    )
+    assert bad.returncode == 2 and "--profile-dir" in bad.stderr.strip().splitlines()[-1]
