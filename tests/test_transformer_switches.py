@@ -261,7 +261,17 @@ def _apply(model, variables, tokens):
     return model.apply(variables, tokens, train=False)
 
 
-@pytest.mark.parametrize("switch", list(SWITCHES), ids=list(SWITCHES))
+# 'all' combines rms, swiglu, rotary and gqa: their single-switch cases run with the slow tests.
+COVERED_BY_ALL = ("rms", "swiglu", "rotary", "gqa")
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        pytest.param(name, marks=pytest.mark.slow) if name in COVERED_BY_ALL else name
+        for name in SWITCHES
+    ],
+)
 def test_causal_masking_and_padding_hold_with_each_switch(switch):
     lm = TransformerLM(**{**TINY, "num_layers": 1}, **SWITCHES[switch])
     variables = jax.jit(lambda t: lm.init(KEY, t, train=False))(TOKENS)
