@@ -66,7 +66,7 @@ def jaxdl_rows(args: argparse.Namespace) -> list[dict]:
 
     from jaxdl.audio import FrontEndConfig, compute_features, perturb_waveforms
 
-    front_end = FrontEndConfig(n_mels=80)
+    front_end = FrontEndConfig(n_mels=80)  # the peer uses the same settings
     audio, lengths = make_batch(args.batch_size, args.seconds)
     room = int(np.ceil(audio.shape[1] / min(SPEED_FACTORS))) - audio.shape[1]
     audio, lengths = jnp.asarray(np.pad(audio, ((0, 0), (0, room)))), jnp.asarray(lengths)
@@ -96,39 +96,33 @@ def jaxdl_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def torch_worker(spec: dict) -> dict:
-    """The peer row: torch.stft + mel matmul + log on the same batch, full length per row."""
-    import time
-
+    """The peer row: torch.stft + mel matmul + log on the same batch, full length per row, with
+    the settings of jaxdl's default ``FrontEndConfig`` (80 mels)."""
     import torch
 
+    from jaxdl.audio import FrontEndConfig
     from jaxdl.audio.features import mel_filterbank
 
+    config = FrontEndConfig(n_mels=80)
     torch.set_num_threads(spec["threads"])
     torch.set_flush_denormal(True)
     audio, _ = make_batch(spec["batch_size"], spec["seconds"])
     audio = torch.from_numpy(audio)
-    mel = torch.from_numpy(np.asarray(mel_filterbank(SAMPLE_RATE, 400, 80), np.float32))
-    window = torch.hann_window(400)
+    filters = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels)
+    mel = torch.from_numpy(np.asarray(filters, np.float32))
+    window = torch.hann_window(config.win_length)
 
     def run() -> None:
-        emphasised = torch.cat([audio[:, :1], audio[:, 1:] - 0.97 * audio[:, :-1]], dim=1)
+        previous = audio[:, :-1] * config.preemphasis
+        emphasised = torch.cat([audio[:, :1], audio[:, 1:] - previous], dim=1)
         options = {"window": window, "pad_mode": "constant", "return_complex": True}
-        spectrum = torch.stft(emphasised, 400, 160, **options)
+        spectrum = torch.stft(emphasised, config.n_fft, config.hop_length, **options)
         power = spectrum.real.square() + spectrum.imag.square()
-        torch.log(torch.matmul(mel, power) + 1e-6)
+        torch.log(torch.matmul(mel, power) + config.log_eps)
 
-    for _ in range(spec["warmup"]):
-        run()
-    seconds = []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return {
-        "row": f"torch {torch.__version__} features",
-        "step_ms_median": float(np.median(seconds) * 1e3),
-        "step_ms_min": float(min(seconds) * 1e3),
-    }
+    timing = common.time_steps(run, spec["warmup"], spec["steps"])
+    timing.pop("step_seconds")
+    return {"row": f"torch {torch.__version__} features", **timing}
 
 
 def main(argv: list[str] | None = None) -> None:
