@@ -33,7 +33,7 @@ CONFORMER_SIZES = {"tiny": (144, 4, 4), "s": (144, 16, 4), "m": (256, 16, 4), "l
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_config_arg(
-        arg, data=DEFAULT_CORPUS, model="conformer_ctc", size="tiny", steps=2300, batch_size=32
+        arg, data=DEFAULT_CORPUS, model="conformer_ctc", size="tiny", steps=2000, batch_size=32
     )
     if args.model not in MODELS:
         raise ConfigError(f"experiments/speech_conformer.py: model must be one of {MODELS}")
@@ -107,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # The 4x subsampling's convolutions dominate a tiny model's step on CPU at d_model
         # channels; 64 keeps them a fraction of it.
         config.model.subsampling_channels = 64 if args.size == "tiny" else d_model
+        # Two CTC output frames per 40 ms encoder frame: fast voices need up to one character
+        # per encoder frame, and CTC can emit at most one label per output frame.
+        config.model.output_upsampling = 2
     elif args.model == "bilstm_ctc":
         config.model.frame_stack = 4  # 40 ms frames: a 4x shorter recurrence, as the Conformer's
 

@@ -114,6 +114,39 @@ def test_real_outputs_do_not_depend_on_padding(positions, conv_norm, train):
     assert not np.allclose(changed[1, :2], logits[1, :2], atol=1e-3)
 
 
+def test_output_upsampling_splits_each_encoder_frame_into_k_output_frames():
+    """With ``output_upsampling=2`` output frame 2t+j is encoder frame t under the j-th slice of
+    the head (frame-major order), out_lengths double, and padding still changes nothing real:
+    the k=2 model equals two k=1 models, one per head slice, interleaved."""
+    single = small_encoder("relative", "layer")
+    double = small_encoder("relative", "layer").clone(output_upsampling=2)
+    speech = utterances(SHORT, 6)
+    inputs = padded(speech, SHORT, seed=0)
+    variables = random_variables(double, *inputs, train=False)
+    logits, out_lengths, _ = apply_model(double, variables, *inputs, train=False)
+    np.testing.assert_array_equal(out_lengths, [8, 4])  # 2 * ceil(ceil(L / 2) / 2)
+    assert logits.shape == (2, 8, 7)
+    head = variables["params"]["head"]
+    for j in range(2):
+        sliced = {
+            **variables,
+            "params": {
+                **variables["params"],
+                "head": {
+                    "kernel": head["kernel"][:, 7 * j : 7 * (j + 1)],
+                    "bias": head["bias"][7 * j : 7 * (j + 1)],
+                },
+            },
+        }
+        reference, reference_lengths, _ = apply_model(single, sliced, *inputs, train=False)
+        np.testing.assert_array_equal(2 * reference_lengths, out_lengths)
+        np.testing.assert_allclose(logits[:, j::2], reference, atol=1e-5, rtol=1e-5)
+    longer, _, _ = apply_model(double, variables, *padded(speech, LONG, 1), train=False)
+    assert_same_real_frames(logits, longer, out_lengths)
+    with pytest.raises(ValueError, match="output_upsampling must be >= 1"):
+        small_encoder("relative", "layer").clone(output_upsampling=0)
+
+
 def test_batch_norm_statistics_count_real_frames_only():
     """In training, the batch statistics (and so the outputs and updated running averages) of
     a padded batch are those of the same frames unpadded."""

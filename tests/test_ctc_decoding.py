@@ -248,6 +248,17 @@ def test_lexicon_decoding_turns_a_misspelling_into_the_training_word() -> None:
     assert best == _spell("ab")
 
 
+def test_a_beam_that_stops_inside_a_word_drops_the_unfinished_word() -> None:
+    # The frames spell "a da" and stop: "da" only begins "dab", so no surviving beam can end.
+    log_probs = _frames({"a": 0.9}, {" ": 0.9}, {"d": 0.9}, {"a": 0.9}, {"-": 0.9})
+    lm = LexiconWordLM(2, SPACE).fit(_spell(t) for t in LEXICON_TRAIN)
+    unended = ctc_prefix_beam_search(log_probs, beam_width=1, lm=lm, space_id=None)
+    assert unended[0][0] == _spell("a da")  # no word boundaries: nothing to cut back to
+    results = ctc_prefix_beam_search(log_probs, beam_width=1, lm=lm, lm_weight=0.5, space_id=SPACE)
+    assert results[0][0] == _spell("a") and results[0][1] > -math.inf
+    assert all(lm.end_log_prob(labelling) > -math.inf for labelling, _ in results)
+
+
 def test_word_lm_scores_with_the_end_of_sentence_in_a_wide_beam() -> None:
     rng = np.random.default_rng(5)
     log_probs = _random_log_probs(rng, frames=4, vocab=2 + len(LETTERS))

@@ -296,7 +296,9 @@ def ctc_prefix_beam_search(
     `lm_weight * lm.log_prob(prefix, label)` and each new word adds `word_bonus` (shallow fusion,
     Hannun et al. 2014): the score is `log P_ctc + lm_weight * log P_lm + word_bonus * words`.
     An LM with an `end_log_prob(prefix)` method (`LexiconWordLM`) also scores ending the
-    transcript after the last frame, and the final beams are re-ranked with it.
+    transcript after the last frame, and the final beams are re-ranked with it; when every
+    beam stops inside a word, its unfinished last word is dropped (a lexicon LM's transcripts
+    hold only lexicon words).
     A word starts at a label that is not `space_id` and follows the start or a `space_id`; with
     `space_id=None` every label counts as a word. The `beam_width` best prefixes survive a frame.
     With `token_min_log_prob`, a frame extends prefixes only by the labels at least that likely
@@ -352,8 +354,18 @@ def ctc_prefix_beam_search(
         return results
     ended = [(prefix, score + lm_weight * end_log_prob(prefix)) for prefix, score in results]
     ended.sort(key=lambda item: -item[1])
-    # No surviving prefix can end (e.g. every one stops inside a word): keep the unended order.
-    return ended if ended and ended[0][1] > -math.inf else results
+    if ended and ended[0][1] > -math.inf:
+        return ended
+    if space_id is None:  # no word boundary to cut back to: keep the unended order
+        return results
+    # No surviving prefix can end: each stops inside a word. Drop that unfinished word, so a
+    # lexicon LM still writes only its words (the same prefix twice keeps the better score).
+    trimmed: dict[tuple[int, ...], float] = {}
+    for prefix, score in results:
+        spaces = [index for index, label in enumerate(prefix) if label == space_id]
+        cut = prefix[: spaces[-1]] if spaces else ()
+        trimmed[cut] = max(trimmed.get(cut, -math.inf), score + lm_weight * end_log_prob(cut))
+    return sorted(trimmed.items(), key=lambda item: -item[1])
 
 
 def beam_search_batch(
