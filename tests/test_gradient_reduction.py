@@ -71,7 +71,16 @@ def _cnn_report(sizes, mode="auto"):
 
 
 @pytest.mark.parametrize("report", [_lm_report, _cnn_report], ids=["tied_lm", "resnet8"])
-@pytest.mark.parametrize("sizes", [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 4}])
+@pytest.mark.parametrize(
+    "sizes",
+    # CI time: the pure DP and pure FSDP meshes run with `make test-slow`; the data x fsdp mesh,
+    # which has both reductions, stays.
+    [
+        pytest.param({"data": 8}, marks=pytest.mark.slow),
+        pytest.param({"fsdp": 8}, marks=pytest.mark.slow),
+        {"data": 2, "fsdp": 4},
+    ],
+)
 def test_data_parallel_and_fsdp_steps_stay_within_the_goal_ratio(report, sizes):
     compiled = report(sizes)
     assert compiled.ratio <= GOAL, compiled.format()

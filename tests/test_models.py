@@ -149,7 +149,11 @@ def test_auto_stem_follows_layout_and_can_be_overridden():
     "model",
     [
         LeNet5(num_classes=10, padding="SAME", activation="tanh"),
-        VGG(depth=11, num_classes=10, batch_norm=True, width_multiplier=1 / 16, hidden=16),
+        # CI time: VGG-11 runs with `make test-slow` (11 s).
+        pytest.param(
+            VGG(depth=11, num_classes=10, batch_norm=True, width_multiplier=1 / 16, hidden=16),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["lenet5-tanh", "vgg11-bn"],
 )

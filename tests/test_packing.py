@@ -67,7 +67,11 @@ def _forward(model, params):
     return lambda *args, **kwargs: model.apply(params, *args, train=False, **kwargs)
 
 
-@pytest.mark.parametrize("position_embedding", ["learned", "sinusoidal"])
+@pytest.mark.parametrize(
+    # CI time: learned positions run with `make test-slow`; sinusoidal ones stay.
+    "position_embedding",
+    [pytest.param("learned", marks=pytest.mark.slow), "sinusoidal"],
+)
 def test_packed_rows_score_every_sequence_exactly_as_it_scores_alone(position_embedding):
     # Dropout configured but off (train=False): evaluation is deterministic.
     model = TransformerLM(**TINY, dropout_rate=0.1, position_embedding=position_embedding)

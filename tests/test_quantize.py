@@ -14,7 +14,12 @@ pytestmark = jax2onnx_installed
 
 
 @pytest.mark.parametrize(
-    "family,mode", [("resnet_imagenet_stem", "static"), ("transformer_classifier", "dynamic")]
+    "family,mode",
+    [
+        # CI time: static calibration runs with `make test-slow` (27 s); dynamic stays.
+        pytest.param("resnet_imagenet_stem", "static", marks=pytest.mark.slow),
+        ("transformer_classifier", "dynamic"),
+    ],
 )
 def test_int8_export_is_smaller_and_tracks_float32(tmp_path, family, mode):
     inference, make_inputs, sample = _inference(family)

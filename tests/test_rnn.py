@@ -117,7 +117,11 @@ def test_encoder_matches_torch_on_padded_batches(cell, num_layers, bidirectional
     "overrides",
     [
         dict(cell="lstm", pooling="last"),
-        dict(cell="gru", bidirectional=True, num_layers=2, pooling="last"),
+        # CI time: the 2-layer bidirectional GRU runs with `make test-slow`.
+        pytest.param(
+            dict(cell="gru", bidirectional=True, num_layers=2, pooling="last"),
+            marks=pytest.mark.slow,
+        ),
         dict(cell="lstm", bidirectional=True, pooling="mean"),
     ],
 )
