@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -112,6 +113,20 @@ def test_rerun_resumes_instead_of_retraining(trained_workdir):
     }
     after = json.loads((workdir / "results.json").read_text())
     assert after["confusion_matrix"] == before["confusion_matrix"]
+
+
+def test_re_evaluating_the_test_split_keeps_what_training_recorded(trained_workdir, tmp_path):
+    workdir, _ = trained_workdir
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    trained = json.loads((copy / "results.json").read_text())
+    result = _jaxdl("evaluate", "--workdir", str(copy))
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((copy / "results.json").read_text())
+    for key in ("train_seconds", "stopped_early", "best_step", "val_accuracy"):
+        assert evaluated[key] == trained[key], key
+    assert evaluated["accuracy"] == pytest.approx(trained["accuracy"])  # recomputed, same state
+    assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
 
 
 def test_evaluate_recomputes_metrics_from_best_checkpoint(trained_workdir):

@@ -58,6 +58,9 @@ from jaxdl.train.workdir_lock import WorkdirLock
 if TYPE_CHECKING:
     from jaxdl.experiment import Experiment
 
+# results.json keys only a training run writes (with best_* and val*), kept by re-evaluation.
+TRAINING_FACTS = ("stopped_early", "train_seconds", "rollbacks", "lr_scale", "skipped_records")
+
 
 class ConfigChangedError(UserError):
     """A workdir's checkpoints were trained with a config that shapes training differently."""
@@ -459,12 +462,31 @@ class Trainer:
         results = {"split": split, "step": int(state.step)}
         results |= self.evaluate(self.splits.get(split), state)
         results |= self._task_report(split, state)
+        results = self._training_facts(split) | results
         if is_main_process():
             history = _eval_history(os.path.join(self.workdir, "metrics.jsonl"))
             self._write_outputs(results, history, split)
             self._print_summary(results)
         self.checkpointer.close()
         return results
+
+    def _training_facts(self, split: str) -> dict[str, Any]:
+        """What the training run recorded in ``results.json`` that an evaluation cannot
+        recompute (train time, best step, validation metrics, rollbacks, skipped records), so
+        re-evaluating the test split (e.g. with another decoder) keeps it; {} otherwise."""
+        path = os.path.join(self.workdir, "results.json")
+        if split != "test" or not os.path.isfile(path):
+            return {}
+        try:
+            with open(path) as handle:
+                previous = json.load(handle)
+        except (OSError, ValueError):  # unreadable: the new results.json starts afresh
+            return {}
+        return {
+            key: value
+            for key, value in previous.items()
+            if key in TRAINING_FACTS or key.startswith(("best_", "val"))
+        }
 
     def _task_report(self, split: str, state: TrainState) -> dict[str, Any]:
         """The task's per-example report of ``split`` (e.g. CTC's transcripts) from its
