@@ -165,6 +165,7 @@ def test_compile_command_without_libtpu_names_the_extra(monkeypatch, capsys):
     )
 
 
+@pytest.mark.slow  # CI time (18 s): compile_lowered's TPU tests above stay in make test
 @needs_libtpu
 def test_compile_command_reports_a_tpu_topology_end_to_end(tmp_path):
     report_path = tmp_path / "report.json"

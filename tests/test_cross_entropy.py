@@ -84,6 +84,7 @@ def _bf16_lm(cast: bool) -> TransformerLM:
     )
 
 
+@pytest.mark.slow  # CI time (18 s): the bf16 LM test of test_transformer.py stays
 def test_bf16_logits_leave_the_language_model_loss_and_gradients_unchanged():
     tokens = RNG.integers(0, 97, (4, 17)).astype(np.int32)
     batch = {"tokens": tokens, "loss_mask": np.ones((4, 17), np.float32)}

@@ -58,6 +58,7 @@ def test_a_lock_left_by_a_dead_process_or_cut_short_is_taken_over(tmp_path):
     WorkdirLock(str(tmp_path)).acquire()
 
 
+@pytest.mark.slow  # CI time (45 s): the poisoned-step test below stays in make test
 def test_a_diverging_run_stops_keeping_only_finite_checkpoints(tmp_path):
     config = tiny_digits_config(
         2,

@@ -123,6 +123,7 @@ def test_fields_that_do_not_shape_training_resume_without_the_flag(tmp_path):
     assert not (tmp_path / "config_changes.jsonl").exists()
 
 
+@pytest.mark.slow  # CI time (25 s): the refusals above stay in make test
 def test_allow_config_change_resumes_and_records_the_diff(tmp_path):
     config = _short(6)
     Trainer(build_experiment(config), str(tmp_path), quiet=True).fit()

@@ -276,12 +276,9 @@ def test_remat_policies_give_the_same_loss_and_grads_as_no_remat(policy):
     )
 
 
-@pytest.mark.parametrize(
-    "scan_layers",
-    # CI time: the unrolled stack runs with `make test-slow`; the scanned one stays.
-    [True, pytest.param(False, marks=pytest.mark.slow)],
-    ids=["scan", "unrolled"],
-)
+# CI time (17 s each): `make test-slow`; remat policies and scan-vs-unrolled stay in make test.
+@pytest.mark.slow
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
 def test_stack_remat_gives_the_same_loss_and_grads_with_and_without_scan(scan_layers):
     x = jax.random.normal(KEY, (2, 6, 16))
     mask = jnp.array([[True] * 6, [True] * 4 + [False] * 2])
