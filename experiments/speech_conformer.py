@@ -50,8 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.split_fractions = (0.8, 0.1, 0.1)  # unused: the manifests are the splits
     config.data.split_seed = 0
     config.data.worker_count = 0
-    # Batches of similar-length utterances, padded to the smallest of 4 bounds (those that pad
-    # the training durations least) instead of the longest utterance: a quarter of the padding.
+    # Batches of similar-length utterances, padded to the smallest of 4 bounds (quantiles of the
+    # training durations) instead of the longest utterance: a quarter of the padding.
     config.data.length_buckets = 4
     config.data.on_error = "skip"  # corrupt or empty audio: skipped, counted, reported
     config.data.max_error_fraction = 0.01

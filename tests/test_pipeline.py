@@ -186,34 +186,6 @@ def test_bucketed_batches_hold_similar_lengths_cut_to_their_bound_and_each_recor
     assert sorted(sum(next_epoch, [])) == list(range(len(LENGTHS)))
 
 
-def _padded_total(lengths, bounds):
-    lengths = np.minimum(lengths, bounds[-1])
-    return int(np.asarray(bounds)[np.searchsorted(bounds, lengths)].sum())
-
-
-def test_bucket_bounds_pad_least_of_all_choices_of_bounds():
-    """Checked against every choice of at most k bounds among the lengths (brute force)."""
-    from jaxdl.data.length_buckets import bucket_bounds
-
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        lengths = rng.integers(1, 40, rng.integers(1, 25))
-        max_len, k = int(rng.integers(1, 30)), int(rng.integers(1, 5))
-        bounds = bucket_bounds(lengths, k, max_len)
-        inner = sorted(set(np.minimum(lengths, max_len).tolist()) - {max_len})
-        least = min(
-            _padded_total(lengths, [*chosen, max_len])
-            for r in range(min(k, len(inner) + 1))
-            for chosen in itertools.combinations(inner, r)
-        )
-        assert len(bounds) <= k and bounds[-1] == max_len and list(bounds) == sorted(bounds)
-        assert _padded_total(lengths, bounds) == least
-    # Skewed lengths: quantile bounds pad more than the least-padding ones.
-    skewed = np.concatenate([rng.integers(5, 20, 900), rng.integers(20, 400, 100)])
-    quantiles = [int(np.ceil(q)) for q in np.quantile(skewed, [0.25, 0.5, 0.75])] + [400]
-    assert _padded_total(skewed, bucket_bounds(skewed, 4, 400)) < _padded_total(skewed, quantiles)
-
-
 def test_buckets_smaller_than_a_batch_still_train():
     """Few examples per bucket (a small corpus, many buckets): the remainders fill batches."""
     from jaxdl.data.length_buckets import BucketPlan, bucket_bounds
