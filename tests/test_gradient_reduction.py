@@ -228,6 +228,7 @@ def _train_lm(sizes, devices, mode, microbatches, batches):
     return state, losses
 
 
+@pytest.mark.slow  # CI time (18 s): the explicit-reduction tests without microbatches stay
 def test_explicit_reduction_with_microbatches_trains_like_one_device():
     """Each device splits its own rows into micro-batches; with equal-weight micro-batch means
     the step equals one device's only when the micro-batches' target counts agree, so this

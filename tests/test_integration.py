@@ -115,6 +115,7 @@ def test_rerun_resumes_instead_of_retraining(trained_workdir):
     assert after["confusion_matrix"] == before["confusion_matrix"]
 
 
+@pytest.mark.slow  # CI time (18 s): test_evaluate_recomputes_metrics_from_best_checkpoint stays
 def test_re_evaluating_the_test_split_keeps_what_training_recorded(trained_workdir, tmp_path):
     workdir, _ = trained_workdir
     copy = tmp_path / "copy"

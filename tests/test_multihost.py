@@ -150,6 +150,7 @@ def _single_process_reference() -> tuple[list[dict], list[float], TrainState]:
     return batches, losses, state
 
 
+@pytest.mark.slow  # CI time (40-78 s): every multi-process run is in make test-slow
 def test_two_processes_train_like_one_process_and_checkpoint_restores_on_other_meshes(launch):
     finished = launch(
         *("--mode", "steps", "--mesh", STEPS_MESH),

@@ -63,6 +63,7 @@ def test_train_loader_state_restores_identical_batches():
         np.testing.assert_array_equal(got["labels"], want["labels"])
 
 
+@pytest.mark.slow  # CI time (16 s): test_streaming's worker-process loader test stays
 def test_train_loader_with_worker_process_matches_in_process_loading():
     in_process = iter(make_train_loader(_dataset(10), batch_size=4, seed=2))
     with_worker = iter(make_train_loader(_dataset(10), batch_size=4, seed=2, worker_count=1))

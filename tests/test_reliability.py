@@ -291,6 +291,7 @@ def test_the_only_latest_checkpoint_damaged_resumes_from_best_and_replays_identi
     }
 
 
+@pytest.mark.slow  # CI time (27 s): the damaged-checkpoint fallback test above stays
 def test_no_intact_checkpoint_is_one_line_with_exit_5(tmp_path):
     config = tiny_digits_config(3, "--config.checkpoint.max_to_keep=1")
     Trainer(build_experiment(config), str(tmp_path), quiet=True).fit()
@@ -379,6 +380,7 @@ def _finite_checkpoints(workdir) -> None:
                 assert np.all(np.isfinite(leaf)), step_dir
 
 
+@pytest.mark.slow  # CI time (16 s): the poisoned-step (stop) test stays
 def test_skip_drops_non_finite_updates_and_trains_on(tmp_path, capsys):
     config = tiny_digits_config(
         1, "--config.train.num_steps=12", "--config.train.on_nonfinite=skip",

@@ -276,6 +276,7 @@ def test_sharded_training_matches_single_device(single_device_run, sizes):
     assert_same_training(losses, ref_losses, state.params, ref_state.params)
 
 
+@pytest.mark.slow  # CI time (18 s): the RNN sharded-training equality stays
 def test_fsdp_gathers_and_reduces_each_parameter_outside_the_time_loop():
     """Under FSDP each cell parameter is gathered, and its gradient reduce-scattered, once per
     step rather than once per time step inside ``nn.RNN``'s loops."""

@@ -159,6 +159,7 @@ def test_array_record_keeps_variable_length_text(tmp_path):
     _assert_same_records(_records(ArrayRecordSource(tmp_path / "ar")), _records(source))
 
 
+@pytest.mark.slow  # CI time (20 s): the ArrayRecord round-trip tests stay
 def test_convert_command_then_training_splits_match_the_folder(tmp_path):
     _image_folder(tmp_path / "folder", per_class=10)
     config = f"experiments/folder_resnet.py:root={tmp_path / 'folder'},image_size=8"

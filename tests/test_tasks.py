@@ -430,6 +430,7 @@ def test_build_task_needs_the_row_length_of_packed_data():
 # Gradient accumulation through a task
 
 
+@pytest.mark.slow  # CI time (22 s): test_train_steps' gradient accumulation test stays
 def test_lm_microbatched_step_equals_one_step_when_rows_have_equal_token_counts():
     seq_len, vocab = 8, 32
     task = LanguageModeling(seq_len=seq_len)

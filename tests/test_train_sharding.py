@@ -345,6 +345,7 @@ def test_fsdp_shards_every_large_kernel_and_its_adam_moments():
                 assert _shard_fraction(leaf) == pytest.approx(1 / 8), jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow  # CI time (15 s): the fsdp2_tp4 ResNet run stays
 def test_tensor_parallel_splits_conv_output_channels():
     model = get_model(**MODELS["resnet8"][0])
     mesh = make_mesh({"data": 2, "tensor": 4})
