@@ -323,7 +323,7 @@ WINDOW_OVERRIDES = (
 )
 
 
-# make test-slow: make test kills a run in this window for real (test_kill_campaign.py).
+# make test-slow (with test_kill_campaign.py's real kills); make test repairs the other window.
 @pytest.mark.slow
 def test_a_kill_after_the_best_copy_but_before_the_latest_commit_resumes(tmp_path):
     config = tiny_digits_config(1, *WINDOW_OVERRIDES)
@@ -380,7 +380,8 @@ def _finite_checkpoints(workdir) -> None:
                 assert np.all(np.isfinite(leaf)), step_dir
 
 
-@pytest.mark.slow  # CI time (16 s): the poisoned-step (stop) test stays
+# CI time (16 s): make test keeps the step-level skip (test_train_steps.py) and the stop policy.
+@pytest.mark.slow
 def test_skip_drops_non_finite_updates_and_trains_on(tmp_path, capsys):
     config = tiny_digits_config(
         1, "--config.train.num_steps=12", "--config.train.on_nonfinite=skip",
@@ -397,7 +398,7 @@ def test_skip_drops_non_finite_updates_and_trains_on(tmp_path, capsys):
     assert "NaN" not in text and "Infinity" not in text
 
 
-# make test-slow: skipping non-finite updates is tested in make test.
+# make test-slow: make test checks the skipped step itself (test_train_steps.py).
 @pytest.mark.slow
 def test_skip_stops_after_max_nonfinite_skips_in_a_row(tmp_path):
     config = tiny_digits_config(
@@ -457,7 +458,7 @@ def test_rollback_restores_the_last_checkpoint_with_a_lower_lr_that_survives_a_r
     assert train_steps == sorted(set(train_steps))
 
 
-# make test-slow: rollback itself is tested in make test.
+# make test-slow, as the rollback test above; make test checks the lr scale of a step.
 @pytest.mark.slow
 def test_rollback_gives_up_after_max_rollbacks(tmp_path, capsys):
     config = tiny_digits_config(
@@ -507,7 +508,7 @@ def test_a_bad_nonfinite_setting_is_one_line_with_exit_2(tmp_path, override, mes
     assert not (tmp_path / "run").exists()
 
 
-# make test-slow: test_resume.py allows and refuses config changes in make test.
+# make test-slow: test_resume.py refuses config changes in make test.
 @pytest.mark.slow
 def test_config_history_is_kept_on_an_allowed_change_and_untouched_on_a_refused_one(tmp_path):
     config = tiny_digits_config(
