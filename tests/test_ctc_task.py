@@ -252,3 +252,15 @@ def test_a_slowed_utterance_that_fills_its_batch_is_not_cut():
     assert prepared["audio"].shape[1] >= 1999
     clean_lengths = task.features(batch)[1]
     assert int(lengths[0]) > int(clean_lengths[0])
+
+
+def test_summary_table_names_the_decoder_of_every_error_rate():
+    # The greedy WER and the beam search's per-accent WERs once shared one unlabelled "WER" name.
+    results = {"loss": 0.5, "wer": 0.25, "cer": 0.08, "wer_beam": 0.04, "cer_beam": 0.03}
+    results |= {"report_decoder": "beam", "wer_by_group": {"en-us": 0.05, "en-029": 0.02}}
+    rows = dict(_task().summary_rows(results))
+    assert rows["WER (greedy)"] == "0.2500" and rows["CER (greedy)"] == "0.0800"
+    assert rows["WER (beam)"] == "0.0400" and rows["CER (beam)"] == "0.0300"
+    assert rows["WER en-029 (beam)"] == "0.0200" and rows["WER en-us (beam)"] == "0.0500"
+    greedy_only = dict(_task().summary_rows({"loss": 0.5, "wer": 0.25, "cer": 0.08}))
+    assert set(greedy_only) == {"loss", "WER (greedy)", "CER (greedy)"}

@@ -308,14 +308,20 @@ class CTCSpeechRecognition(Task):
         }
 
     def summary_rows(self, results: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Each WER/CER row names its decoder: ``wer``/``cer`` are greedy (computed on device
+        while training), ``wer_beam``/``cer_beam`` the report's beam search, and the per-group
+        WERs are the report decoder's."""
         rows = [
             ("loss", f"{results['loss']:.4f}"),
-            ("WER", f"{results['wer']:.4f}"),
-            ("CER", f"{results['cer']:.4f}"),
+            ("WER (greedy)", f"{results['wer']:.4f}"),
+            ("CER (greedy)", f"{results['cer']:.4f}"),
         ]
-        if results.get("wer_by_group"):
-            for group, wer in sorted(results["wer_by_group"].items()):
-                rows.append((f"WER {group}", f"{wer:.4f}"))
+        if "wer_beam" in results:
+            rows.append(("WER (beam)", f"{results['wer_beam']:.4f}"))
+            rows.append(("CER (beam)", f"{results['cer_beam']:.4f}"))
+        decoder = results.get("report_decoder", "greedy")
+        for group, wer in sorted((results.get("wer_by_group") or {}).items()):
+            rows.append((f"WER {group} ({decoder})", f"{wer:.4f}"))
         return rows
 
 
