@@ -51,13 +51,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def apply_xla_flags(flags: str) -> str:
     """Appends jaxdl's default flags (``jaxdl.xla_flags``, as the ``jaxdl`` command does) and
-    ``flags`` to ``$XLA_FLAGS``, after checking XLA accepts ``flags``; returns the result.
+    ``flags`` to ``$XLA_FLAGS``, after checking XLA accepts ``flags``; returns the result. Also
+    keeps XLA:CPU's per-step buffers in the heap (``jaxdl.host_memory``), as the command does.
 
     Must run before the first jax backend is created (XLA reads the variable then). XLA aborts the
     whole process on an unknown flag, so the flags are first tried in a throwaway subprocess to turn
     that into a one-line ``ValueError``.
     """
-    from jaxdl.xla_flags import OPT_OUT_ENV, apply_default_xla_flags  # lazy: as jax below
+    from jaxdl.host_memory import retain_host_memory  # lazy: as jax below
+    from jaxdl.xla_flags import OPT_OUT_ENV, apply_default_xla_flags
+
+    retain_host_memory()
 
     combined = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flags.strip()]))
     # The library's defaults (what the ``jaxdl`` command sets), unless ``flags`` or the

@@ -1084,8 +1084,10 @@ def _skip_absent_tpu() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _skip_absent_tpu()
+    from jaxdl.host_memory import retain_host_memory
     from jaxdl.xla_flags import apply_default_xla_flags
 
+    retain_host_memory()
     apply_default_xla_flags()
     args, extra = _parser().parse_known_args(argv)
     from jaxdl.errors import JaxdlExit

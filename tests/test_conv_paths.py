@@ -351,6 +351,28 @@ def test_depthwise_conv1d_equals_torch_conv1d_with_groups_equal_to_channels(
     np.testing.assert_allclose(out, reference.apply({"params": params}, x), **TOL)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_depthwise_conv1d_kernel_gradient_is_the_same_on_every_backend_form(monkeypatch, dilation):
+    """On CPU the stride-1 kernel gradient is one grouped convolution; elsewhere one reduction
+    per tap (the form measured on GPU). Both must give autodiff's gradient of the plain op."""
+    x = jax.random.normal(KEY, (3, 17, 5))
+    kernel = jax.random.normal(jax.random.key(2), (7, 1, 5))
+
+    def grads(impl):
+        def loss(x, w):
+            return jnp.sum(jnp.sin(depthwise_conv1d(x, w, 1, (5, 7), dilation, impl)))
+
+        return jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+    want = grads("plain")
+    on_cpu = grads("auto")
+    monkeypatch.setattr(conv_module, "trace_platform", lambda: "gpu")
+    on_gpu = grads("auto")
+    for got in (on_cpu, on_gpu):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, **TOL)
+
+
 def test_depthwise_conv1d_plain_and_shifted_multiplies_agree():
     x = jax.random.normal(KEY, (2, 12, 5))
     kernel = jax.random.normal(KEY, (7, 1, 5))
