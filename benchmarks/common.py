@@ -52,7 +52,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def apply_xla_flags(flags: str) -> str:
     """Appends jaxdl's default flags (``jaxdl.xla_flags``, as the ``jaxdl`` command does) and
     ``flags`` to ``$XLA_FLAGS``, after checking XLA accepts ``flags``; returns the result. Also
-    keeps XLA:CPU's per-step buffers in the heap (``jaxdl.host_memory``), as the command does.
+    applies ``jaxdl.host_memory``'s opt-in heap setting (``JAXDL_RETAIN_HOST_MEMORY=1``), as the
+    command does.
 
     Must run before the first jax backend is created (XLA reads the variable then). XLA aborts the
     whole process on an unknown flag, so the flags are first tried in a throwaway subprocess to turn

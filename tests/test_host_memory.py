@@ -38,8 +38,8 @@ print(json.dumps({"retained": retained, "faults": faults, "temp_bytes": temp}))
 """
 
 
-def _probe(opt_out: str) -> dict:
-    env = {**os.environ, host_memory.OPT_OUT_ENV: opt_out, "JAX_PLATFORMS": "cpu"}
+def _probe(setting: str) -> dict:
+    env = {**os.environ, host_memory.ENV: setting, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=False
     )
@@ -49,22 +49,23 @@ def _probe(opt_out: str) -> dict:
 
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
 def test_retained_temporaries_are_not_faulted_in_again_on_every_call():
-    default, opted_out = _probe("1"), _probe("0")
-    pages = default["temp_bytes"] / 4096
-    assert default["retained"] and not opted_out["retained"]
-    assert default["temp_bytes"] > 64 * 2**20  # beyond glibc's mmap threshold and arena size
+    retained, default = _probe("1"), _probe("0")
+    pages = retained["temp_bytes"] / 4096
+    assert retained["retained"] and not default["retained"]
+    assert retained["temp_bytes"] > 64 * 2**20  # beyond glibc's mmap threshold and arena size
     # Without it, every call faults its temporaries in afresh. With it, the heap grows during
     # the first calls (a few of them fault a block in) and then each call reuses it.
-    assert min(opted_out["faults"][2:]) > 0.5 * pages
-    assert statistics.median(default["faults"]) < 0.02 * pages
+    assert min(default["faults"][2:]) > 0.5 * pages
+    assert statistics.median(retained["faults"]) < 0.02 * pages
 
 
-def test_opting_out_leaves_the_allocator_alone():
-    for value in ("0", "off", "False"):
-        assert host_memory.retain_host_memory({host_memory.OPT_OUT_ENV: value}) is False
+def test_it_is_off_unless_asked_for():
+    assert host_memory.retain_host_memory({}) is False
+    for value in ("0", "off", "False", ""):
+        assert host_memory.retain_host_memory({host_memory.ENV: value}) is False
 
 
-def test_the_jaxdl_command_retains_host_memory_first(monkeypatch):
+def test_the_jaxdl_command_applies_the_setting_first(monkeypatch):
     from jaxdl import cli
 
     calls = []
