@@ -566,10 +566,11 @@ def _unit_stride_kernel_grad(padded, dy, dilation, size):
     """[size, C] float32: d_kernel[k, c] = sum over b, t of padded[b, t + k * dilation, c] *
     dy[b, t, c], as one grouped convolution of the channel-major input with the gradient.
 
-    XLA:CPU runs it in its convolution library: 2.8x faster than the K per-tap reductions, whose
-    shared slid copies it materialised (31 per block), and it reads the input once, so the input's
-    producers do not fuse into K windows (benchmarks/conformer_throughput.py). Positions between
-    dilated taps are computed and dropped; taps that read only padding come out exactly zero.
+    XLA:CPU runs it in its convolution library, reading the input once (so the input's
+    producers do not fuse into K windows) instead of K per-tap reductions over materialised slid
+    copies: forward and backward of the layer alone at B=8 x 200 x 144, K=31 went from 26-31 ms
+    to 5.5 ms (benchmarks/README.md, issue 16). Positions between dilated taps are computed and
+    dropped; taps that read only padding come out exactly zero.
     """
     batch, rows, channels = padded.shape
     # Features ordered channel-major (c * batch + b): group c is channel c's batch rows.
