@@ -132,7 +132,14 @@ def test_depthwise_conv2d_taps_equal_plain_conv_forward_and_gradients(
     )
 
 
-def test_depthwise_conv2d_on_cpu_emits_no_convolution_in_any_direction():
+@pytest.fixture
+def cpu_trace(monkeypatch):
+    """Traces as for CPU whatever the default backend: the tests that assert the CPU
+    formulation also pass where the suite runs on a GPU (benchmarks/gpu_tests.sh)."""
+    monkeypatch.setattr(conv_module, "trace_platform", lambda: "cpu")
+
+
+def test_depthwise_conv2d_on_cpu_emits_no_convolution_in_any_direction(cpu_trace):
     x = jnp.ones((2, 8, 8, 6))
     kernel = jnp.ones((3, 3, 1, 6))
 
@@ -156,7 +163,7 @@ def test_conv_formulation_policy_on_resnet18_shapes():
     assert conv_formulations((4, 4), (4, 4), (3, 3), (2, 2)) == ("taps", "taps", "taps")
 
 
-def test_taps_drop_every_tap_that_reads_only_padding():
+def test_taps_drop_every_tap_that_reads_only_padding(cpu_trace):
     x = jax.random.normal(KEY, (2, 1, 1, 4))
     kernel = jax.random.normal(KEY, (3, 3, 4, 8))
     jaxpr = jax.make_jaxpr(lambda x, w: conv2d(x, w, (1, 1), "SAME"))(x, kernel)
@@ -215,7 +222,7 @@ def test_max_pool_gradient_goes_to_the_first_of_tied_maxima(window, strides):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_plain_switches_env_var_layer_attribute_and_model_field(monkeypatch):
+def test_plain_switches_env_var_layer_attribute_and_model_field(monkeypatch, cpu_trace):
     x = jnp.ones((1, 2, 2, 4))
     conv = Conv(8, kernel_size=3, use_bias=False)
     variables = conv.init(KEY, x)
