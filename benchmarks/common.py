@@ -49,6 +49,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def run_program(main: Callable[[], int | None]) -> None:
+    """Runs a benchmark's ``main`` as its program. It first restarts as the ``jaxdl`` command
+    does, with glibc asking for transparent huge pages where that helps
+    (``jaxdl.host_memory.restart_with_huge_pages``), so that the library's figures are what its
+    command gets; peers started in subprocesses inherit the same environment. Only for the
+    ``__main__`` entry: called from a test, the restart would re-run the test process."""
+    from jaxdl.host_memory import restart_with_huge_pages  # lazy: as jax below
+
+    restart_with_huge_pages()
+    sys.exit(main())
+
+
 def apply_xla_flags(flags: str) -> str:
     """Appends jaxdl's default flags (``jaxdl.xla_flags``, as the ``jaxdl`` command does) and
     ``flags`` to ``$XLA_FLAGS``, after checking XLA accepts ``flags``; returns the result. Also

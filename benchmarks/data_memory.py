@@ -35,7 +35,14 @@ from typing import Any
 
 import numpy as np
 import psutil
-from common import REPO_ROOT, add_common_args, apply_xla_flags, format_table, write_report
+from common import (
+    REPO_ROOT,
+    add_common_args,
+    apply_xla_flags,
+    format_table,
+    run_program,
+    write_report,
+)
 
 NAME = "data_memory"
 IMAGE_SIZE = 64
@@ -331,4 +338,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

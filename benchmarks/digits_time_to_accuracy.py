@@ -30,7 +30,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from common import REPO_ROOT, add_common_args, apply_xla_flags, format_table, write_report
+from common import (
+    REPO_ROOT,
+    add_common_args,
+    apply_xla_flags,
+    format_table,
+    run_program,
+    write_report,
+)
 
 NAME = "digits_time_to_accuracy"
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "experiments", "digits_resnet.py")
@@ -223,4 +230,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program(main)

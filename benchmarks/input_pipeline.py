@@ -27,7 +27,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from common import REPO_ROOT, add_common_args, apply_xla_flags, format_table, write_report
+from common import (
+    REPO_ROOT,
+    add_common_args,
+    apply_xla_flags,
+    format_table,
+    run_program,
+    write_report,
+)
 from data_memory import IMAGE_SIZE, convert_folder, generate_folder
 
 NAME = "input_pipeline"
@@ -314,4 +321,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

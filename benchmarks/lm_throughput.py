@@ -59,6 +59,7 @@ from common import (
     apply_xla_flags,
     children_cpu_seconds,
     format_table,
+    run_program,
     run_torch_worker,
     time_steps,
     write_report,
@@ -868,4 +869,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program(main)

@@ -38,6 +38,7 @@ from common import (
     add_common_args,
     apply_xla_flags,
     format_table,
+    run_program,
     write_report,
 )
 
@@ -287,4 +288,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program(main)

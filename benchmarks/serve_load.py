@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from common import add_common_args, apply_xla_flags, format_table, write_report
+from common import add_common_args, apply_xla_flags, format_table, run_program, write_report
 
 NAME = "serve_load"
 SHAPE = (8, 8, 1)
@@ -324,4 +324,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program(main)

@@ -15,12 +15,11 @@ import argparse
 import itertools
 import os
 import re
-import sys
 import time
 from typing import Any
 
 import numpy as np
-from common import apply_xla_flags, environment_info, format_table, write_report
+from common import apply_xla_flags, environment_info, format_table, run_program, write_report
 
 NAME = "speech_decoding"
 # (unit, order) of each LM and the grid its weight and word bonus are chosen from on validation.
@@ -251,4 +250,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program(main)

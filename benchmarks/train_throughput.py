@@ -35,6 +35,7 @@ from common import (
     add_common_args,
     apply_xla_flags,
     format_table,
+    run_program,
     time_steps,
     write_report,
 )
@@ -438,4 +439,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program(main)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from common import add_common_args, apply_xla_flags, format_table, write_report
+from common import add_common_args, apply_xla_flags, format_table, run_program, write_report
 
 NAME = "xla_cpu_slow_paths"
 COLUMNS = ("op", "impl", "formulation", "forward_ms", "input_grad_ms", "kernel_grad_ms")
@@ -195,4 +195,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program(main)

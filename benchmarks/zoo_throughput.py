@@ -43,6 +43,7 @@ from common import (
     add_common_args,
     apply_xla_flags,
     format_table,
+    run_program,
     run_torch_worker,
     time_steps,
     write_report,
@@ -500,4 +501,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program(main)

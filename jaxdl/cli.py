@@ -1103,7 +1103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console_main() -> None:
     """The ``jaxdl`` program. After failed checkpoint reads (exit 5), Orbax's background reader
     threads can print asyncio tracebacks while the interpreter shuts down, burying the one-line
-    message; nothing is left to save then, so that exit skips the interpreter's teardown."""
+    message; nothing is left to save then, so that exit skips the interpreter's teardown. The
+    program first restarts itself with glibc asking for transparent huge pages where that helps
+    (``jaxdl.host_memory``)."""
+    from jaxdl.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()
     from jaxdl.errors import NoGoodCheckpointError
 
     try:

@@ -15,13 +15,18 @@ from collections.abc import MutableMapping
 
 OPT_OUT_ENV = "JAXDL_DEFAULT_XLA_FLAGS"
 
-# XLA:CPU hands every convolution to YNNPACK, whose 3x3 convolution at 64 channels runs at about
-# half the speed of XLA's own (benchmarks/README.md, "The remaining gap, traced"). Taking
-# convolutions alone out of YNNPACK ('-' removes one type from the default list; its dot,
-# element-wise and reduction fusions stay) made ResNet-18's CPU train step 1.7x faster on a
-# 2-core AVX2 EPYC (benchmarks/README.md, issue 13). Setting the list to 'dot' instead, as an
-# earlier session tried, also moves element-wise fusions and loses what the convolutions gain.
-CPU_DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
+# XLA:CPU hands every convolution and matmul to YNNPACK. Its 3x3 convolution at 64 channels
+# runs at about half the speed of XLA's own (benchmarks/README.md, "The remaining gap, traced"):
+# taking convolutions out of YNNPACK made ResNet-18's CPU train step 1.7x faster on a 2-core AVX2
+# EPYC (issue 13). Its matmuls at the Conformer's and the LM's shapes ([1600 x 144] x [144 x 576]
+# and their gradients) are slower than Eigen's on a 2-core AVX-512 Xeon: 1.55-1.89 ms per GEMM
+# against 1.17-1.50 (torch: 1.17-1.22), and taking them out too made the Conformer's train step
+# 7-10% faster and the LM's 3-10% in interleaved A/Bs of one process (benchmarks/README.md,
+# 2026-11-28), with MobileNetV3 and EfficientNet unchanged. '-' removes one type from the default
+# list; YNNPACK keeps its reductions, which the mobile models need (off: MobileNetV3-small's step
+# 78 -> 296 ms). Setting the list to 'dot' instead, as an earlier session tried, also moves
+# element-wise fusions and loses what the convolutions gain.
+CPU_DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-individual_dot"}
 
 # XLA aborts the whole process on a flag it does not know, so the defaults go only to the
 # jaxlib releases they were checked with.
