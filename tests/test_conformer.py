@@ -197,11 +197,12 @@ def _sinusoid(distance: int, features: int) -> np.ndarray:
     return np.array([math.sin(a) for a in angles] + [math.cos(a) for a in angles])
 
 
-def test_relative_attention_equals_a_loop_reference():
+@pytest.mark.parametrize("qkv_fused", [False, True], ids=["separate", "fused"])
+def test_relative_attention_equals_a_loop_reference(qkv_fused):
     """score(i, j) = ((q_i + u) . k_j + (q_i + v) . R_{i-j}) / sqrt(d), R_{i-j} = W_pos^T
     sinusoid(i - j), per head; padded keys get no weight."""
     heads, head_dim, embed, length = 2, 4, 8, 6
-    layer = RelativePositionAttention(num_heads=heads, head_dim=head_dim)
+    layer = RelativePositionAttention(num_heads=heads, head_dim=head_dim, qkv_fused=qkv_fused)
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, length, embed)).astype(np.float32)
     key_lengths = [length, 4]
@@ -215,6 +216,9 @@ def test_relative_attention_equals_a_loop_reference():
         for n in range(heads):
 
             def project(name, t, n=n, b=b):
+                if qkv_fused:
+                    c = ("query", "key", "value").index(name)
+                    return x[b, t] @ p["qkv"]["kernel"][:, c, n] + p["qkv"]["bias"][c, n]
                 return x[b, t] @ p[name]["kernel"][:, n] + p[name]["bias"][n]
 
             for i in range(length):
@@ -307,11 +311,9 @@ def load_into_torch(layer: TorchConformerLayer, variables: dict) -> None:
         linear(ffn[4], p[name]["mlp"]["wo"])
     norm(layer.self_attn_layer_norm, p["attn_norm"])
     attention, dim = p["attention"], layer.final_layer_norm.weight.shape[0]
-    qkv = ("query", "key", "value")
-    layer.self_attn.in_proj_weight.data = torch.cat(
-        [attention[n]["kernel"].reshape(dim, dim).T for n in qkv]
-    )
-    layer.self_attn.in_proj_bias.data = torch.cat([attention[n]["bias"].reshape(-1) for n in qkv])
+    # One fused kernel [E, 3, heads, head_dim]: torch's in_proj [3E, E] is it flattened, transposed.
+    layer.self_attn.in_proj_weight.data = attention["qkv"]["kernel"].reshape(dim, 3 * dim).T
+    layer.self_attn.in_proj_bias.data = attention["qkv"]["bias"].reshape(-1)
     layer.self_attn.out_proj.weight.data = attention["out"]["kernel"].reshape(dim, dim).T
     layer.self_attn.out_proj.bias.data = attention["out"]["bias"]
     conv, module = p["conv"], layer.conv_module

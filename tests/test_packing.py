@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jaxdl.layers import MultiHeadAttention, dropout_attention, segment_mask
+from jaxdl.layers import MultiHeadAttention, einsum_attention, segment_mask
 from jaxdl.models import TransformerLM
 from jaxdl.tasks import EXAMPLE_MASK, LanguageModeling
 
@@ -205,7 +205,7 @@ def test_segment_masked_attention_equals_torch_sdpa_with_the_same_boolean_mask(c
     expected = _torch_attention(q, k, v, SEGMENTS, causal)
     real = SEGMENTS > 0  # torch gives NaN on fully masked (padding) rows; jax stays finite
     fused = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
-    einsum = dropout_attention(q, k, v, mask, causal=causal, dropout=lambda p: p)
+    einsum = einsum_attention(q, k, v, mask, causal=causal, dropout=lambda p: p)
     for out in (fused, einsum):
         assert np.isfinite(np.asarray(out)).all()
         np.testing.assert_allclose(np.asarray(out)[real], expected[real], rtol=1e-5, atol=1e-5)

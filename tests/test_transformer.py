@@ -19,7 +19,7 @@ from jaxdl.layers import (
     MlpBlock,
     MultiHeadAttention,
     TransformerStack,
-    dropout_attention,
+    einsum_attention,
     sinusoidal_positions,
 )
 from jaxdl.layers.embeddings import dimension_is_sharded, tied_projection
@@ -373,7 +373,7 @@ def test_attention_matches_a_naive_einsum_reference(causal):
         jnp.einsum("bte,ehd->bthd", x, nn.unbox(params[n]["kernel"])) + nn.unbox(params[n]["bias"])
         for n in ("query", "key", "value")
     )
-    direct = dropout_attention(
+    direct = einsum_attention(
         q, k, v, padding[:, None, None, :], causal=causal, dropout=lambda p: p
     )
     reference = jax.nn.dot_product_attention(

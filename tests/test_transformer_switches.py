@@ -17,7 +17,7 @@ from jaxdl.layers import (
     MlpBlock,
     MultiHeadAttention,
     apply_rotary,
-    dropout_attention,
+    einsum_attention,
     make_norm,
 )
 from jaxdl.layers.attention import attention_implementation
@@ -197,7 +197,7 @@ def test_grouped_query_attention_matches_a_naive_reference():
     # The einsum path used for attention dropout groups heads the same way.
     q = jax.random.normal(KEY, (2, 6, 4, 4))
     k, v = jax.random.normal(jax.random.key(3), (2, 2, 6, 2, 4))
-    direct = dropout_attention(q, k, v, PADDING[:, None, None, :], causal=True, dropout=lambda p: p)
+    direct = einsum_attention(q, k, v, PADDING[:, None, None, :], causal=True, dropout=lambda p: p)
     fused = jax.nn.dot_product_attention(q, k, v, mask=PADDING[:, None, None, :], is_causal=True)
     np.testing.assert_allclose(direct, fused, atol=1e-5)
 

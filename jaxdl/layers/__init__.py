@@ -9,7 +9,7 @@ from jaxdl.layers.aspp import ASPP, DeepLabHead
 from jaxdl.layers.attention import (
     CrossAttention,
     MultiHeadAttention,
-    dropout_attention,
+    einsum_attention,
     segment_mask,
 )
 from jaxdl.layers.conformer import (
@@ -110,7 +110,7 @@ __all__ = [
     "TransformerStack",
     "UpConv",
     "check_image_batch",
-    "dropout_attention",
+    "einsum_attention",
     "hard_sigmoid",
     "hard_swish",
     "he_normal_fan_out",
