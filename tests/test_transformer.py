@@ -368,7 +368,7 @@ def test_attention_matches_a_naive_einsum_reference(causal):
     out = layer.apply({"params": params}, x, padding, train=False)
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
-    # The einsum path used for attention dropout computes the same attention.
+    # The einsum path (CPU, and attention dropout everywhere) computes the same attention.
     q, k, v = (
         jnp.einsum("bte,ehd->bthd", x, nn.unbox(params[n]["kernel"])) + nn.unbox(params[n]["bias"])
         for n in ("query", "key", "value")
@@ -380,6 +380,34 @@ def test_attention_matches_a_naive_einsum_reference(causal):
         q, k, v, mask=padding[:, None, None, :], is_causal=causal
     )
     np.testing.assert_allclose(direct, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_cpu_einsum_path_equals_the_other_backends_dot_product_attention_path(causal, monkeypatch):
+    """On CPU attention runs through ``einsum_attention`` (never ``jax.nn.dot_product_attention``);
+    traced for another platform it takes jax's path. Outputs and gradients agree."""
+    import jaxdl.layers.attention as attention_module
+
+    x = jax.random.normal(KEY, (2, 7, 16))
+    padding = jnp.array([[True] * 7, [True] * 3 + [False] * 4])
+    layer = MultiHeadAttention(num_heads=4, head_dim=4, num_kv_heads=2, causal=causal)
+    params = layer.init(KEY, x, padding, train=False)["params"]
+
+    def loss(p):
+        out = layer.apply({"params": p}, x, padding, train=False)
+        return jnp.sum(out * jnp.cos(out)), out
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CPU path called jax.nn.dot_product_attention")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(jax.nn, "dot_product_attention", refuse)
+        (_, cpu_out), cpu_grads = jax.value_and_grad(loss, has_aux=True)(params)
+    monkeypatch.setattr(attention_module, "trace_platform", lambda: "gpu")
+    (_, jax_out), jax_grads = jax.value_and_grad(loss, has_aux=True)(params)
+    np.testing.assert_allclose(cpu_out, jax_out, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(cpu_grads), jax.tree.leaves(jax_grads), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_fused_qkv_attention_matches_separate_projections_with_the_same_weights():
