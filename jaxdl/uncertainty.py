@@ -54,7 +54,7 @@ def _sample_dropout(rates: list[float]) -> Callable[..., Any]:
         if not is_call or module.deterministic is False:  # already sampling (or our sampler)
             return next_fun(*args, **kwargs)
         rates.append(float(module.rate))
-        sampler = nn.Dropout(
+        sampler = type(module)(
             module.rate,
             module.broadcast_dims,
             deterministic=False,

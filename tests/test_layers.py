@@ -255,6 +255,10 @@ TRAIN_AWARE_LAYERS = {
 }
 
 
+# Subclasses of a flax layer with the same fields and call (flax's `deterministic` included).
+FLAX_DROP_INS = {"Dropout"}
+
+
 def _exported_modules(namespace) -> dict[str, type[nn.Module]]:
     return {
         name: obj
@@ -275,8 +279,12 @@ def test_every_layer_takes_train_as_a_required_keyword_only_call_argument():
         train = inspect.signature(modules[name].__call__).parameters["train"]
         assert train.kind is inspect.Parameter.KEYWORD_ONLY, name
         assert train.default is inspect.Parameter.empty, name
-    # No module configures train-time behaviour (or nn.scan plumbing) through a field.
+    # No module configures train-time behaviour (or nn.scan plumbing) through a field, except
+    # drop-in subclasses of flax's own layers, which keep flax's interface.
     for name, cls in modules.items():
+        if name in FLAX_DROP_INS:
+            assert cls.__mro__[1].__module__.startswith("flax."), name
+            continue
         fields = {field.name for field in dataclasses.fields(cls)}
         assert not fields & {"train", "deterministic", "scanned"}, name
     # make_norm is a factory: it takes train (keyword-only) when building the norm.

@@ -37,6 +37,7 @@ from jaxdl.layers.conv import (
 )
 from jaxdl.layers.dense import Dense, classifier_head
 from jaxdl.layers.dense_blocks import DenseBlock, DenseLayer, Transition
+from jaxdl.layers.dropout import Dropout, dropout_keep_mask, realised_drop_rate
 from jaxdl.layers.efficient import MBConv, StochasticDepth
 from jaxdl.layers.embeddings import (
     Embed,
@@ -83,6 +84,9 @@ __all__ = [
     "Dense",
     "DenseBlock",
     "DenseLayer",
+    "Dropout",
+    "dropout_keep_mask",
+    "realised_drop_rate",
     "MBConv",
     "StochasticDepth",
     "Transition",

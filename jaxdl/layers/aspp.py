@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers.conv import Conv, he_normal_fan_out
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.normalization import make_norm
 from jaxdl.layers.resnet_blocks import FEATURE_MAP_AXES
 
@@ -75,7 +76,7 @@ class ASPP(nn.Module):
         pooled = conv_norm_relu(jnp.mean(x, axis=(1, 2), keepdims=True), 1, 1, "pool")
         branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], self.features)))
         y = conv_norm_relu(jnp.concatenate(branches, axis=-1), 1, 1, "project")
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        return Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
 class DeepLabHead(nn.Module):

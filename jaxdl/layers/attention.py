@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers.conv import trace_platform
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.embeddings import apply_rotary
 
 # Per-projection kernels [embed, heads, head_dim] and the output kernel [heads, head_dim, embed].
@@ -86,7 +87,7 @@ def einsum_attention(
     head_dim], where fewer kv heads mean grouped-query attention (query head n reads kv head
     ``n // (heads // kv_heads)``, as in ``jax.nn.dot_product_attention``); mask: boolean,
     broadcastable to [batch, heads, q_length, kv_length] (True = attend); ``dropout``: applied
-    to the probabilities, typically an active ``nn.Dropout``.
+    to the probabilities, typically an active ``jaxdl.layers.Dropout``.
     Returns [batch, q_length, heads, head_dim] in ``value.dtype``.
     """
     probs = attention_weights(query, key, mask, causal=causal)
@@ -268,7 +269,7 @@ class _Attention(nn.Module):
             self.sow(ATTENTION_WEIGHTS, "weights", weights)
         implementation = attention_implementation(self.attention_impl, query, mask)
         if train and self.dropout_rate > 0:
-            dropout = nn.Dropout(self.dropout_rate, deterministic=False)
+            dropout = Dropout(self.dropout_rate, deterministic=False)
             out = einsum_attention(query, key, value, mask, causal=causal, dropout=dropout)
         elif implementation is None and trace_platform() == "cpu":
             out = einsum_attention(query, key, value, mask, causal=causal)

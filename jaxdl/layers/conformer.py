@@ -29,6 +29,7 @@ from jaxdl.layers.attention import (
 )
 from jaxdl.layers.conv import Conv, DepthwiseConv1D
 from jaxdl.layers.dense import Dense
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.mlp import MlpBlock
 from jaxdl.layers.normalization import make_norm
 from jaxdl.parallel.gradients import batch_axes
@@ -212,7 +213,7 @@ class ConformerFeedForward(nn.Module):
             param_dtype=self.param_dtype,
             name="mlp",
         )(y, train=train)
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        return Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
 class ConformerConvModule(nn.Module):
@@ -264,7 +265,7 @@ class ConformerConvModule(nn.Module):
             y = make_norm("layer", axis_name="embed", train=train, name="conv_norm", **dense)(y)
         y = nn.with_logical_constraint(nn.silu(y), EMBED_ACTIVATION_AXES)
         y = Dense(channels, kernel_axes=("mlp", "embed"), name="pointwise_out", **dense)(y)
-        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        y = Dropout(self.dropout_rate, deterministic=not train)(y)
         return nn.with_logical_constraint(y, EMBED_ACTIVATION_AXES)
 
 
@@ -382,7 +383,7 @@ class RelativePositionAttention(_Attention):
             # A finite fill keeps rows without real keys NaN-free (as einsum_attention).
             logits = jnp.where(padding_mask[None, :, None, :], logits, jnp.finfo(f32).min)
         probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(self.dropout_rate, deterministic=not train)(probs)
+        probs = Dropout(self.dropout_rate, deterministic=not train)(probs)
         out = jnp.einsum("nbts,nbsd->btnd", probs.astype(value.dtype), value)
         out = nn.with_logical_constraint(out, HEADS_ACTIVATION_AXES)
         out = self._projection("btnd,nde->bte", (*heads, embed), OUT_KERNEL_AXES, (0, 1), "out")(
@@ -460,7 +461,7 @@ class ConformerBlock(nn.Module):
             name="attention",
             **common,
         )(y, padding_mask, train=train)
-        x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        x = x + Dropout(self.dropout_rate, deterministic=not train)(y)
         x = nn.with_logical_constraint(x, EMBED_ACTIVATION_AXES)
 
         x = x + ConformerConvModule(

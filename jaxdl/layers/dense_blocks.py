@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers.conv import Conv
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.normalization import make_norm
 from jaxdl.layers.remat import remat_call
 from jaxdl.layers.resnet_blocks import FEATURE_MAP_AXES
@@ -66,7 +67,7 @@ class DenseLayer(nn.Module):
         y = conv(self.bn_size * self.growth_rate, 1, name="conv1")(y)
         y = nn.relu(norm(name="norm2")(y))
         y = conv(self.growth_rate, 3, name="conv2")(y)
-        y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
+        y = Dropout(self.drop_rate, deterministic=not train)(y)
         return nn.with_logical_constraint(y, FEATURE_MAP_AXES)
 
 

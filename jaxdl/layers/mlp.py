@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers.dense import Dense
+from jaxdl.layers.dropout import Dropout
 
 # 'gelu' is nn.gelu's default tanh approximation (GPT-2's gelu_new); 'gelu_exact' is the erf
 # form (BERT's hidden_act='gelu', torch.nn.functional.gelu). A gated activation multiplies the
@@ -71,7 +72,7 @@ class MlpBlock(nn.Module):
             h = activation(gate) * up
         else:
             h = activation(Dense(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi", **dense)(x))
-        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        h = Dropout(self.dropout_rate, deterministic=not train)(h)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         out = Dense(x.shape[-1], kernel_axes=("mlp", "embed"), name="wo", **dense)(h)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))

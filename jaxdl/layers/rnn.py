@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.embeddings import EMBED_ACTIVATION_AXES
 from jaxdl.parallel.gradients import batch_axes
 
@@ -126,7 +127,7 @@ class RecurrentEncoder(nn.Module):
         hidden, memory = [], []
         for layer in range(self.num_layers):
             if layer:
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+                x = Dropout(self.dropout_rate, deterministic=not train)(x)
             name = f"layer_{layer}"
             if self.bidirectional:
                 rnn = nn.Bidirectional(self._rnn(parent=None), self._rnn(parent=None), name=name)

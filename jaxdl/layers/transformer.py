@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers.attention import EMBED_ACTIVATION_AXES, MultiHeadAttention
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.mlp import MlpBlock
 from jaxdl.layers.normalization import make_norm
 from jaxdl.layers.remat import REGATHER, REMAT_POLICIES, remat_call
@@ -90,7 +91,7 @@ class TransformerBlock(nn.Module):
             param_dtype=self.param_dtype,
             epsilon=self.norm_epsilon,
         )
-        residual_dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        residual_dropout = Dropout(self.dropout_rate, deterministic=not train)
         pre = self.norm_position == "pre"
 
         y = norm(name="attn_norm")(x) if pre else x

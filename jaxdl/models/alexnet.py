@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import CONV_IMPLS, Conv, Dense, check_image_batch, classifier_head, max_pool
+from jaxdl.layers.dropout import Dropout
 from jaxdl.models.registry import register_model
 
 FEATURE_MAP_AXES = ("batch", "height", "width", "channels")
@@ -108,10 +109,10 @@ class AlexNet(nn.Module):
 
         x = adaptive_avg_pool(x, (POOLED_SIZE, POOLED_SIZE))
         x = nn.with_logical_constraint(x.reshape(x.shape[0], -1), ("batch", "embed"))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(dense(self.hidden, kernel_axes=("embed", "mlp"), name="fc1")(x))
         x = nn.with_logical_constraint(x, ("batch", "mlp"))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(dense(self.hidden, kernel_axes=("mlp", "embed"), name="fc2")(x))
         x = nn.with_logical_constraint(x, ("batch", "embed"))
         return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)

@@ -17,6 +17,7 @@ from jaxdl.layers import (
     make_norm,
     max_pool,
 )
+from jaxdl.layers.dropout import Dropout
 from jaxdl.models.registry import register_model
 
 FEATURE_MAP_AXES = ("batch", "height", "width", "channels")
@@ -180,10 +181,10 @@ class VGG(nn.Module):
 
         x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
         x = nn.relu(dense(self.hidden, kernel_axes=("embed", "mlp"), name="fc1")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.with_logical_constraint(x, ("batch", "mlp"))
         x = nn.relu(dense(self.hidden, kernel_axes=("mlp", "embed"), name="fc2")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.with_logical_constraint(x, ("batch", "embed"))
         return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
 

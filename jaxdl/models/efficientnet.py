@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import CONV_IMPLS, check_image_batch, classifier_head
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.efficient import MBConv
 from jaxdl.layers.mobile import ConvNormAct, make_divisible
 from jaxdl.layers.resnet_blocks import FEATURE_MAP_AXES
@@ -113,7 +114,7 @@ class EfficientNet(nn.Module):
         x = nn.with_logical_constraint(nn.silu(x), FEATURE_MAP_AXES)
         x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
         rate = default_dropout if self.dropout_rate is None else self.dropout_rate
-        x = nn.Dropout(rate, deterministic=not train)(x)
+        x = Dropout(rate, deterministic=not train)(x)
         return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import CONV_IMPLS, Dense, check_image_batch, classifier_head
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.mobile import ConvNormAct, InvertedResidual, hard_swish, make_divisible
 from jaxdl.models.registry import register_model
 
@@ -134,7 +135,7 @@ class MobileNetV2(nn.Module):
                 )(x, train=train)
         x = ConvNormAct(last, 1, name="last", **common)(x, train=train)
         x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
 
 
@@ -212,7 +213,7 @@ class MobileNetV3(nn.Module):
             kernel_init=_linear_init,
             name="fc",
         )(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(hard_swish(x))
+        x = Dropout(self.dropout_rate, deterministic=not train)(hard_swish(x))
         x = nn.with_logical_constraint(x, ("batch", "embed"))
         return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import CONV_IMPLS, check_image_batch, classifier_head, make_norm, max_pool
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.remat import REMAT_POLICIES, remat_call
 from jaxdl.layers.resnet_blocks import FEATURE_MAP_AXES, BasicBlock, Bottleneck, resnet_conv
 from jaxdl.models.registry import register_model
@@ -144,7 +145,7 @@ class ResNet(nn.Module):
             return x
 
         x = nn.with_logical_constraint(jnp.mean(x, axis=(1, 2)), ("batch", "embed"))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         return classifier_head(x, self.num_classes, self.dtype, self.param_dtype)
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import RNN_CELLS, Embed, RecurrentEncoder, classifier_head
+from jaxdl.layers.dropout import Dropout
 from jaxdl.models.registry import register_model
 
 RNN_POOLINGS = ("last", "mean")
@@ -84,7 +85,7 @@ class RNNClassifier(nn.Module):
                 f"got {padding_mask.shape}"
             )
         padding_mask = padding_mask != 0
-        dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        dropout = Dropout(self.dropout_rate, deterministic=not train)
         x = Embed(
             self.vocab_size,
             self.embed_dim,

@@ -29,6 +29,7 @@ from jaxdl.layers import (
     lengths_to_mask,
 )
 from jaxdl.layers.conformer import CONFORMER_CONV_NORMS, CONFORMER_POSITIONS, SPECTROGRAM_AXES
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.embeddings import EMBED_ACTIVATION_AXES
 from jaxdl.layers.remat import REMAT_POLICIES, remat_call
 from jaxdl.models.registry import register_model
@@ -172,7 +173,7 @@ class ConformerCTC(nn.Module):
         )(features, lengths)
         if self.positions == "absolute":
             x = SinusoidalPositionEmbedding(name="pos_embed")(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         padding_mask = lengths_to_mask(lengths, x.shape[1])
         for index in range(self.num_layers):
             block = ConformerBlock(
@@ -287,7 +288,7 @@ class CRNNCTC(nn.Module):
             x = nn.with_logical_constraint(nn.relu(x), SPECTROGRAM_AXES)
         x = nn.with_logical_constraint(x.reshape(*x.shape[:2], -1), EMBED_ACTIVATION_AXES)
         x = _bidirectional_lstm(self, x, lengths, train)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         return _ctc_head(self, x), lengths
 
 
@@ -333,5 +334,5 @@ class BiLSTMCTC(nn.Module):
             lengths = (lengths + k - 1) // k
         x = nn.with_logical_constraint(x, EMBED_ACTIVATION_AXES)
         x = _bidirectional_lstm(self, x, lengths, train)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         return _ctc_head(self, x), lengths

@@ -41,6 +41,7 @@ from jaxdl.layers import (
     make_norm,
 )
 from jaxdl.layers.attention import ATTENTION_IMPLS
+from jaxdl.layers.dropout import Dropout
 from jaxdl.layers.embeddings import TOKEN_TYPE_TABLE_AXES, padded_size, unpadded_logits
 from jaxdl.layers.mlp import MLP_ACTIVATIONS
 from jaxdl.layers.remat import REMAT_POLICIES
@@ -193,7 +194,7 @@ def _embed_and_encode(
             epsilon=model.norm_epsilon,
             name="embed_norm",
         )(x)
-    x = nn.Dropout(model.dropout_rate, deterministic=not train)(x)
+    x = Dropout(model.dropout_rate, deterministic=not train)(x)
     x = TransformerStack(
         num_layers=model.num_layers,
         num_heads=model.num_heads,
