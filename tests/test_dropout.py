@@ -91,11 +91,15 @@ def test_same_key_same_mask_other_key_other_mask_raw_keys_alike():
     np.testing.assert_array_equal(first, dropout_keep_mask(jax.random.PRNGKey(0), (32, 32), 0.5))
 
 
-def test_other_prng_implementations_and_extreme_rates_fall_back_to_bernoulli():
+def test_other_prng_implementations_scalars_and_extreme_rates_fall_back_to_bernoulli():
     rbg = jax.random.key(0, impl="rbg")
     np.testing.assert_array_equal(
         dropout_keep_mask(rbg, (16, 8), 0.5), jax.random.bernoulli(rbg, 0.5, (16, 8))
     )
+    np.testing.assert_array_equal(
+        dropout_keep_mask(KEY, (), 0.5), jax.random.bernoulli(KEY, 0.5, ())
+    )
+    assert dropout_keep_mask(KEY, (3, 0), 0.5).shape == (3, 0)
     tiny = 1e-7  # under 1/65536: 16 bits cannot express it, so it is drawn exactly
     assert realised_drop_rate(tiny) == tiny
     np.testing.assert_array_equal(

@@ -58,15 +58,16 @@ def dropout_keep_mask(key: jax.Array, shape: Sequence[int], rate: float) -> jax.
 
     Block ``i`` of the Threefry-2x32 stream (counter ``(0, i)``) gives the four entries
     ``4i..4i+3`` along the last axis of the row-major layout with that axis padded to a multiple
-    of 4. Falls back to ``jax.random.bernoulli`` for keys of other implementations, rates that
-    16 bits cannot express and masks of 2^34 entries or more.
+    of 4. Falls back to ``jax.random.bernoulli`` for keys of other implementations, scalars,
+    rates that 16 bits cannot express and masks of 2^34 entries or more.
     """
     shape = tuple(int(d) for d in shape)
     threshold = round(rate * FIELD_LEVELS)
     words = _threefry_key_words(key)
-    blocks = -(-shape[-1] // FIELDS_PER_BLOCK) if shape else 1
+    blocks = -(-shape[-1] // FIELDS_PER_BLOCK) if shape else 0
     block_shape = (*shape[:-1], blocks)
-    if words is None or not 0 < threshold < FIELD_LEVELS or np.prod(block_shape) >= 2**32:
+    expressible = 0 < threshold < FIELD_LEVELS
+    if words is None or not shape or not expressible or np.prod(block_shape) >= 2**32:
         return jax.random.bernoulli(key, 1.0 - rate, shape)
     counts = _linear_index(block_shape)
     high, low = threefry2x32_p.bind(*words, jnp.zeros_like(counts), counts)
